@@ -1,0 +1,54 @@
+"""alflb: auxiliary-loss-free load balancing for Mixture-of-Experts, as an assignment problem.
+
+The bias that DeepSeek adds to router scores for top-K selection is the dual variable
+of the expert-capacity constraints (Han & Zhong, arXiv:2512.03915). This package
+implements the problem, its exact solvers, the ALF-LB update family, online
+simulators with regret, and a DeepSeekMoE model whose router feeds the same metrics.
+
+Sign convention: the router adds the bias, ``scores + bias``; an overloaded expert's
+bias goes down.
+"""
+
+from .duality import center_bias, dual_function, dual_subgradient, lagrangian, primal_objective
+from .errors import (
+    AlflbError,
+    ConvergenceWarning,
+    CorruptFileError,
+    InfeasibleProblemError,
+    InvalidInputError,
+    RunFolderExistsError,
+    SolverError,
+    SolverUnavailableError,
+    UnknownNameError,
+)
+from .problem import AssignmentProblem, balanced_capacity, rounded_capacity
+from .routing import biased_scores, expert_load, route_topk, routing_margin, topk_indices, topk_sum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlflbError",
+    "AssignmentProblem",
+    "ConvergenceWarning",
+    "CorruptFileError",
+    "InfeasibleProblemError",
+    "InvalidInputError",
+    "RunFolderExistsError",
+    "SolverError",
+    "SolverUnavailableError",
+    "UnknownNameError",
+    "__version__",
+    "balanced_capacity",
+    "biased_scores",
+    "center_bias",
+    "dual_function",
+    "dual_subgradient",
+    "expert_load",
+    "lagrangian",
+    "primal_objective",
+    "rounded_capacity",
+    "route_topk",
+    "routing_margin",
+    "topk_indices",
+    "topk_sum",
+]

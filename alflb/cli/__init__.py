@@ -1,0 +1,60 @@
+"""The ``alflb`` command line.
+
+Each subcommand lives in its own module ``alflb.cli.<name>`` that defines
+``add_parser(subparsers)``; the parser's ``func`` default runs it and returns an exit
+status. Heavy imports happen inside the subcommand, so ``alflb --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import AlflbError
+
+__all__ = ["build_parser", "main"]
+
+# Order is the order shown by --help.
+SUBCOMMANDS = ("demo", "solve", "check", "simulate", "train", "sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="alflb",
+        description=(
+            "Auxiliary-loss-free load balancing for Mixture-of-Experts: exact solvers, "
+            "the ALF-LB update family, online regret, and a DeepSeekMoE model."
+        ),
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"alflb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``alflb`` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AlflbError as exc:
+        print(f"alflb {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alflb {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,120 @@
+r"""The Lagrangian and the dual function of the assignment problem.
+
+Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
+
+Relaxing the expert constraints with multipliers ``p`` and keeping ``x`` in
+``X = {x in [0,1]^{T x E}: sum_k x_ik = K}`` gives
+
+.. math::
+
+    \mathcal{L}(x, p) = \sum_{i,k} (\gamma_{ik} + p_k) x_{ik} - \sum_k c_k p_k, \qquad
+    g(p) = \max_{x \in X} \mathcal{L}(x, p)
+         = \sum_i \operatorname{TopKSum}_k(\gamma_{ik} + p_k) - \sum_k c_k p_k .
+
+``g`` is convex and piecewise linear; ``A(p) - c`` is a subgradient, where ``A(p)`` are
+the loads of top-K routing with bias ``p``. Weak duality: ``g(p) >= OPT`` for every
+``p`` (for ``p <= 0`` in the at-most case); strong duality: ``min_p g(p) = OPT``.
+With equality capacities ``g(p + t 1) = g(p)``, so optimal biases are compared modulo a
+constant (:func:`center_bias`).
+
+Sign convention: the router adds the bias; an overloaded expert's bias goes down. The
+ALF-LB expert bias *is* the dual variable ``p``.
+
+References
+----------
+.. [HZ] X.Y. Han, Y. Zhong, arXiv:2512.03915, section 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._array import check_bias, is_torch, to_numpy
+from .errors import InvalidInputError
+from .problem import AssignmentProblem
+from .routing import expert_load, route_topk, topk_sum
+
+__all__ = [
+    "center_bias",
+    "dual_function",
+    "dual_subgradient",
+    "lagrangian",
+    "primal_objective",
+]
+
+
+def _bias64(problem: AssignmentProblem, bias_E: Any) -> np.ndarray:
+    check_bias(bias_E, problem.n_experts)
+    return to_numpy(bias_E, dtype=np.float64)
+
+
+def _assignment(problem: AssignmentProblem, assignment_TE: Any) -> np.ndarray:
+    x = to_numpy(assignment_TE, dtype=np.float64)
+    if x.shape != problem.scores_TE.shape:
+        raise InvalidInputError(
+            f"assignment_TE must have shape (T, E) = {problem.scores_TE.shape}, got {x.shape}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise InvalidInputError("assignment_TE contains NaN or inf")
+    return x
+
+
+def dual_function(problem: AssignmentProblem, bias_E: Any) -> float:
+    r"""The dual function ``g(p) = sum_i TopKSum(gamma_i + p) - c . p`` (float64).
+
+    Parameters
+    ----------
+    problem : AssignmentProblem
+    bias_E : array_like or torch.Tensor, shape (E,)
+        The bias / dual variable ``p`` (router adds it; overloaded experts go down).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prob = AssignmentProblem(np.array([[1.0, 0.0], [1.0, 0.0]]), k=1)
+    >>> dual_function(prob, np.zeros(2)), dual_function(prob, np.array([-0.5, 0.5]))
+    (2.0, 1.0)
+    """
+    p = _bias64(problem, bias_E)
+    values = problem.scores_TE + p
+    return float(topk_sum(values, problem.k).sum() - problem.capacity_E @ p)
+
+
+def dual_subgradient(problem: AssignmentProblem, bias_E: Any) -> np.ndarray:
+    """A subgradient of ``g`` at ``p``: ``A(p) - c`` (int64, shape ``(E,)``).
+
+    ``A(p)`` uses the documented tie-break of :func:`alflb.route_topk`; at a tie any
+    convex combination of the tied routings is also a subgradient.
+    """
+    p = _bias64(problem, bias_E)
+    return expert_load(route_topk(problem.scores_TE, p, problem.k)) - problem.capacity_E
+
+
+def lagrangian(problem: AssignmentProblem, assignment_TE: Any, bias_E: Any) -> float:
+    r"""``Lag(x, p) = sum_{i,k} (gamma_ik + p_k) x_ik - sum_k c_k p_k`` (float64).
+
+    ``x`` may be fractional (any point of the box); ``Lag(TopK(gamma + p), p) = g(p)``.
+    """
+    p = _bias64(problem, bias_E)
+    x = _assignment(problem, assignment_TE)
+    return float(np.sum((problem.scores_TE + p) * x) - problem.capacity_E @ p)
+
+
+def primal_objective(problem: AssignmentProblem, assignment_TE: Any) -> float:
+    """``sum_{i,k} gamma_ik x_ik`` (float64)."""
+    x = _assignment(problem, assignment_TE)
+    return float(np.sum(problem.scores_TE * x))
+
+
+def center_bias(bias_E: Any) -> Any:
+    """Subtract the mean: the canonical representative of a bias modulo ``t * 1``.
+
+    Routing and (with equality capacities) ``g`` are invariant to the shift, so biases are
+    compared after centring. Works on numpy arrays and torch tensors.
+    """
+    if is_torch(bias_E):
+        return bias_E - bias_E.mean()
+    b = np.asarray(bias_E, dtype=np.float64)
+    return b - b.mean()
