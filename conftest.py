@@ -57,3 +57,7 @@ def pytest_collection_modifyitems(config, items):
 def thorough(request) -> bool:
     """True under ``pytest --thorough``: checks scale their instance counts by it."""
     return bool(request.config.getoption("--thorough"))
+
+
+# Executing the package's __main__ on import would start the command line.
+collect_ignore = ["alflb/__main__.py"]
