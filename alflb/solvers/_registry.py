@@ -1,0 +1,179 @@
+r"""``solve``: one entry point over the registered exact methods.
+
+Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
+
+Every method returns an integral assignment; ``solve`` then recomputes the objective from
+the scores, makes sure the bias certifies the assignment (the backend's own dual when it
+does, else the one recovered by :func:`bias_from_assignment`), and attaches the certificate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, SolverError, SolverUnavailableError, UnknownNameError
+from ..problem import AssignmentProblem
+from ._bias import bias_from_assignment
+from ._result import SolveResult, certify
+
+__all__ = ["available_methods", "solve"]
+
+
+@dataclass(frozen=True)
+class _Method:
+    module: str  # alflb.solvers submodule holding the backend
+    function: str
+    requires: tuple[tuple[str, str], ...]  # (import name, pip package)
+    summary: str
+
+
+_METHODS: dict[str, _Method] = {
+    "fast": _Method(
+        "._fast", "solve_fast", (("numba", "numba"),),
+        "quantile-balancing dual, then exact successive shortest paths on the expert graph",
+    ),
+    "flow": _Method(
+        "._flow", "solve_flow", (("ortools", "ortools"),),
+        "OR-tools min-cost flow on integer-scaled scores, then exact float cycle cancelling",
+    ),
+    "highs": _Method("._lp", "solve_highs", (("scipy", "scipy"),), "box LP, scipy HiGHS, presolve off"),
+    "cvxpy": _Method(
+        "._lp", "solve_cvxpy", (("cvxpy", "cvxpy"),), "box LP in cvxpy (Clarabel by default): the reference"
+    ),
+}
+
+
+def available_methods() -> dict[str, str]:
+    """Registered method names with a one-line description, in order of preference."""
+    return {name: m.summary for name, m in _METHODS.items()}
+
+
+def _backend(name: str) -> Callable:
+    if not isinstance(name, str) or name not in _METHODS:
+        raise UnknownNameError(f"unknown method {name!r}; available: {', '.join(_METHODS)}")
+    method = _METHODS[name]
+    for mod, pip_name in method.requires:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except ValueError:  # a module set to None in sys.modules
+            found = False
+        if not found:
+            raise SolverUnavailableError(
+                f"method {name!r} needs the package {pip_name}: pip install {pip_name}"
+            )
+    return getattr(importlib.import_module(method.module, __package__), method.function)
+
+
+def solve(
+    problem: AssignmentProblem,
+    method: str = "fast",
+    *,
+    bias: str = "dual",
+    rtol: float = 1e-9,
+    strict: bool = True,
+    **options: Any,
+) -> SolveResult:
+    r"""Solve the top-K assignment problem exactly and certify the answer.
+
+    .. math::
+
+        \max_x \sum_{i,k} \gamma_{ik} x_{ik} \ \text{s.t.}\ \sum_k x_{ik} = K,\
+        \sum_i x_{ik} = c_k \ (\text{or} \le c_k),\ x \in \{0,1\}^{T \times E}
+
+    Parameters
+    ----------
+    problem : AssignmentProblem
+    method : str
+        One of :func:`available_methods`: ``"fast"`` (default), ``"flow"``, ``"highs"``,
+        ``"cvxpy"`` (the reference).
+    bias : {"dual", "max_margin"}
+        Which optimal bias to return: an optimal dual (``g(p) = OPT``; may leave ties that
+        greedy routing breaks differently), or the one that reproduces the assignment with
+        the largest margin (an LP in ``E + 1`` variables).
+    rtol : float
+        Tolerance of the certificate (see :func:`certify`).
+    strict : bool
+        Raise :class:`SolverError` when the certificate fails (default). With ``False`` the
+        result comes back with ``success=False`` and the certificate's figures.
+    **options
+        Passed to the backend (e.g. ``solver="HIGHS"`` for cvxpy, ``n_sweeps`` for fast).
+
+    Returns
+    -------
+    SolveResult
+        ``bias_E`` follows the project convention: the router adds it; an overloaded expert
+        gets a lower ``p``; mean-centred for equality capacities, ``p <= 0`` for at-most.
+
+    Raises
+    ------
+    UnknownNameError, SolverUnavailableError, SolverError, InvalidInputError
+
+    References
+    ----------
+    .. [HZ] X.Y. Han, Y. Zhong, arXiv:2512.03915.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from alflb import AssignmentProblem
+    >>> prob = AssignmentProblem(np.array([[3.0, 1.0], [2.0, 0.0]]), k=1)
+    >>> res = solve(prob, "fast")
+    >>> res.objective, res.assignment_TE.astype(int).tolist(), res.success
+    (3.0, [[0, 1], [1, 0]], True)
+    """
+    if not isinstance(problem, AssignmentProblem):
+        raise InvalidInputError(f"problem must be an AssignmentProblem, got {type(problem).__name__}")
+    if bias not in ("dual", "max_margin"):
+        raise InvalidInputError(f"bias must be 'dual' or 'max_margin', got {bias!r}")
+    backend = _backend(method)
+    t0 = time.perf_counter()
+    try:
+        x_TE, bias_E, n_iter, message = backend(problem, **options)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise InvalidInputError(f"method {method!r}: {exc}") from exc
+        raise
+    x_TE = np.ascontiguousarray(x_TE, dtype=bool)
+    if bias == "max_margin":
+        bias_E = bias_from_assignment(problem, x_TE, kind="max_margin")
+        source = "max-margin LP on the expert graph"
+    else:
+        source = "the method's own dual"
+    cert = certify(problem, x_TE, bias_E, rtol=rtol)
+    if not cert.ok and cert.feasible and bias == "dual":
+        try:
+            bias_E = bias_from_assignment(problem, x_TE, kind="dual")
+        except SolverError as exc:  # x is not optimal: keep the failed certificate
+            source = f"the method's own dual ({exc})"
+        else:
+            source = "shortest-path potentials (the method's dual did not certify)"
+            cert = certify(problem, x_TE, bias_E, rtol=rtol)
+    elapsed = time.perf_counter() - t0
+    if not cert.ok and strict:
+        raise SolverError(f"method {method!r} returned an assignment that fails its certificate: {cert.summary()}")
+    bias_E = np.asarray(bias_E, dtype=np.float64)
+    bias_E.setflags(write=False)
+    x_TE.setflags(write=False)
+    return SolveResult(
+        assignment_TE=x_TE,
+        objective=cert.objective,
+        bias_E=bias_E,
+        bias_kind=bias,
+        gap=cert.gap,
+        success=cert.ok,
+        status=0 if cert.ok else 1,
+        message=f"{message}; bias: {source}; certificate {cert.summary()}",
+        method=method,
+        time_s=elapsed,
+        n_iter=None if n_iter is None else int(n_iter),
+        certificate=cert,
+        problem_shape=problem.shape,
+        options={"bias": bias, "rtol": rtol, **options},
+    )

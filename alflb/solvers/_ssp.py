@@ -1,0 +1,289 @@
+r"""Successive shortest paths on the expert graph: the exact engine behind ``"fast"``.
+
+Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token, ``V`` graph nodes
+(``E``, plus the slack node ``Z = E`` for at-most capacities).
+
+Start from a bias ``p`` and its top-K routing ``x`` (so every reduced cost
+``r_jk = W_jk + p_j - p_k`` is non-negative: ``x`` is optimal for its own loads ``A``).
+While an expert is over capacity, Dijkstra from the over-loaded experts (dense, ``O(V^2)``,
+reduced costs) finds the cheapest chain of single-token moves to an expert below capacity
+(to ``Z`` through an expert with room, for at-most capacities); the tokens move, and
+``p += min(dist, dist_target)`` keeps every reduced cost non-negative (the classical
+successive-shortest-path invariant). Each augmentation fixes one unit of excess, so the
+work is ``sum_k (A_k - c_k)^+`` augmentations: small when ``p`` starts near a dual optimum.
+
+``W`` is kept as ``min(W_M, W_F)`` over two token sets: *mobile* tokens ``M`` (small
+routing margin under the start bias: the ones likely to move), with per-expert member
+lists so that re-scanning one entry costs ``O(|M| K / E)``, and *fixed* tokens ``F``
+(everything else), whose routed sets never change while they stay in ``F`` (a static CSR
+per expert). A fixed token that a shortest path does move joins ``M``. When a moved token
+was the argmin of an entry, the entry keeps its old value as a lower bound and is marked
+stale; Dijkstra runs on lower bounds (which keeps the reduced costs valid), and a stale
+entry is re-scanned only when a shortest path actually uses it.
+
+The loop is hand-written numba: it is a sequential graph algorithm with in-place updates
+of a few ``E x E`` arrays, which numpy cannot express without a Python-level loop per
+augmentation (measured: ~50 us per augmentation in numba against several ms in Python).
+
+References
+----------
+.. [AMO] R.K. Ahuja, T.L. Magnanti, J.B. Orlin, Network Flows, 1993, section 9.7
+   (successive shortest paths with reduced costs).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["SSP_DONE", "SSP_GROW", "SSP_INFEASIBLE", "SSP_LIMIT", "ssp_solve"]
+
+SSP_DONE, SSP_GROW, SSP_INFEASIBLE, SSP_LIMIT = 0, 1, 2, 3
+
+
+@numba.njit(cache=True, nogil=True)
+def _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M):
+    best = np.inf
+    arg = -1
+    for a in range(cnt[j]):
+        i = mem[j, a]
+        if not x[i, k]:
+            v = scores[i, j] - scores[i, k]
+            if v < best:
+                best = v
+                arg = i
+    W_M[j, k] = best
+    arg_M[j, k] = arg
+    stale_M[j, k] = False
+
+
+@numba.njit(cache=True, nogil=True)
+def _rescan_fixed(j, k, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F):
+    best = np.inf
+    arg = -1
+    for a in range(f_ptr[j], f_ptr[j + 1]):
+        i = f_tok[a]
+        if in_F[i] and not x[i, k]:
+            v = scores[i, j] - scores[i, k]
+            if v < best:
+                best = v
+                arg = i
+    W_F[j, k] = best
+    arg_F[j, k] = arg
+    stale_F[j, k] = False
+
+
+@numba.njit(cache=True, nogil=True)
+def _list_add(i, j, loc, mem, cnt, pos):
+    pos[loc[i], j] = cnt[j]
+    mem[j, cnt[j]] = i
+    cnt[j] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _list_remove(i, j, loc, mem, cnt, pos):
+    a = pos[loc[i], j]
+    last = mem[j, cnt[j] - 1]
+    mem[j, a] = last
+    pos[loc[last], j] = a
+    cnt[j] -= 1
+
+
+@numba.njit(cache=True, nogil=True)
+def ssp_solve(scores, x, p, load, cap, at_most, mobile, f_ptr, f_tok, in_F, capacity_M, max_aug):
+    """Run successive shortest paths in place on ``x`` (bool T x E), ``p`` (V), ``load`` (E).
+
+    ``mobile`` (int64) are the initial mobile tokens; ``f_ptr``/``f_tok`` the CSR of fixed
+    tokens by routed expert; ``in_F`` (bool T) flags fixed tokens. Returns
+    ``(status, n_augmentations, n_rescans)``; ``SSP_GROW`` when more than ``capacity_M``
+    tokens would be mobile (the caller restarts with a larger mobile set; ``x`` and ``p``
+    are then a valid warm start).
+    """
+    T, E = x.shape
+    V = E + 1 if at_most else E
+    Z = E
+    # ---- mobile member lists and W over the two token sets
+    loc = np.full(T, -1, np.int64)
+    mem = np.empty((E, capacity_M), np.int64)
+    cnt = np.zeros(E, np.int64)
+    pos = np.empty((capacity_M, E), np.int64)
+    n_loc = 0
+    for t in range(mobile.shape[0]):
+        i = mobile[t]
+        loc[i] = n_loc
+        n_loc += 1
+        for j in range(E):
+            if x[i, j]:
+                _list_add(i, j, loc, mem, cnt, pos)
+    W_M = np.full((E, E), np.inf)
+    arg_M = np.full((E, E), -1, np.int64)
+    stale_M = np.zeros((E, E), np.bool_)
+    W_F = np.full((E, E), np.inf)
+    arg_F = np.full((E, E), -1, np.int64)
+    stale_F = np.zeros((E, E), np.bool_)
+    for j in range(E):
+        for k in range(E):
+            if j != k:
+                _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M)
+    # W_F in one pass over the fixed tokens (a rescan per entry would cost E times more)
+    routed = np.empty(E, np.int64)
+    unrouted = np.empty(E, np.int64)
+    for j0 in range(E):
+        for a in range(f_ptr[j0], f_ptr[j0 + 1]):
+            i = f_tok[a]
+            s_j = scores[i, j0]
+            for k in range(E):
+                if not x[i, k]:
+                    v = s_j - scores[i, k]
+                    if v < W_F[j0, k]:
+                        W_F[j0, k] = v
+                        arg_F[j0, k] = i
+
+    dist = np.empty(V)
+    pred = np.empty(V, np.int64)
+    done = np.empty(V, np.bool_)
+    path_u = np.empty(V, np.int64)
+    path_v = np.empty(V, np.int64)
+    path_i = np.empty(V, np.int64)
+    n_aug = 0
+    n_rescan = 0
+    while True:
+        any_excess = False
+        for k in range(E):
+            if load[k] > cap[k]:
+                any_excess = True
+                break
+        if not any_excess:
+            return SSP_DONE, n_aug, n_rescan
+        if n_aug >= max_aug:
+            return SSP_LIMIT, n_aug, n_rescan
+        # ---- dense Dijkstra on reduced costs from every over-loaded expert
+        for v in range(V):
+            dist[v] = np.inf
+            pred[v] = -1
+            done[v] = False
+        for k in range(E):
+            if load[k] > cap[k]:
+                dist[k] = 0.0
+        target = -1
+        while True:
+            u = -1
+            best = np.inf
+            for v in range(V):
+                if not done[v] and dist[v] < best:
+                    best = dist[v]
+                    u = v
+            if u < 0:
+                break
+            done[u] = True
+            if (at_most and u == Z) or (not at_most and load[u] < cap[u]):
+                target = u
+                break
+            for v in range(E):
+                if done[v] or v == u:
+                    continue
+                w = min(W_M[u, v], W_F[u, v])
+                if w == np.inf:
+                    continue
+                r = w + p[u] - p[v]
+                if r < 0.0:
+                    r = 0.0  # rounding: the invariant says r >= 0
+                if best + r < dist[v]:
+                    dist[v] = best + r
+                    pred[v] = u
+            if at_most and load[u] < cap[u] and not done[Z]:
+                r = p[u] - p[Z]
+                if r < 0.0:
+                    r = 0.0
+                if best + r < dist[Z]:
+                    dist[Z] = best + r
+                    pred[Z] = u
+        if target < 0:
+            return SSP_INFEASIBLE, n_aug, n_rescan
+        # ---- the path's edges; re-scan stale entries it uses and retry if any was stale
+        n_edges = 0
+        v = target
+        while pred[v] >= 0:
+            u = pred[v]
+            if v != Z:
+                path_u[n_edges] = u
+                path_v[n_edges] = v
+                n_edges += 1
+            v = u
+        retry = False
+        n_new = 0
+        for e in range(n_edges):
+            u = path_u[e]
+            v = path_v[e]
+            if W_M[u, v] <= W_F[u, v]:
+                if stale_M[u, v]:
+                    _rescan_mobile(u, v, scores, x, mem, cnt, W_M, arg_M, stale_M)
+                    retry = True
+                else:
+                    path_i[e] = arg_M[u, v]
+            else:
+                if stale_F[u, v]:
+                    _rescan_fixed(u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F)
+                    retry = True
+                else:
+                    path_i[e] = arg_F[u, v]
+                    n_new += 1
+        if retry:
+            n_rescan += 1
+            continue
+        if n_loc + n_new > capacity_M:
+            return SSP_GROW, n_aug, n_rescan
+        # ---- potentials, then the moves
+        D = dist[target]
+        for v in range(V):
+            p[v] += min(dist[v], D)
+        for e in range(n_edges):
+            i = path_i[e]
+            u = path_u[e]
+            v = path_v[e]
+            fixed = in_F[i]
+            # the token's old entries become stale where it was the argmin
+            nr = 0
+            nu = 0
+            for k in range(E):
+                if x[i, k]:
+                    routed[nr] = k
+                    nr += 1
+                else:
+                    unrouted[nu] = k
+                    nu += 1
+            for a in range(nr):
+                j = routed[a]
+                for b in range(nu):
+                    k = unrouted[b]
+                    if fixed:
+                        if arg_F[j, k] == i:
+                            stale_F[j, k] = True
+                    elif arg_M[j, k] == i:
+                        stale_M[j, k] = True
+            x[i, u] = False
+            x[i, v] = True
+            load[u] -= 1
+            load[v] += 1
+            if fixed:
+                in_F[i] = False
+                loc[i] = n_loc
+                n_loc += 1
+                for j in range(E):
+                    if x[i, j]:
+                        _list_add(i, j, loc, mem, cnt, pos)
+            else:
+                _list_remove(i, u, loc, mem, cnt, pos)
+                _list_add(i, v, loc, mem, cnt, pos)
+            # its new entries: a value below a (possibly stale) lower bound is the exact min
+            for k in range(E):
+                if x[i, k]:
+                    s_j = scores[i, k]
+                    for k2 in range(E):
+                        if not x[i, k2]:
+                            val = s_j - scores[i, k2]
+                            if val < W_M[k, k2]:
+                                W_M[k, k2] = val
+                                arg_M[k, k2] = i
+                                stale_M[k, k2] = False
+        n_aug += 1
