@@ -21,34 +21,57 @@ from .errors import (
     SolverUnavailableError,
     UnknownNameError,
 )
+from .metrics import imbalance_summary, max_violation
 from .problem import AssignmentProblem, balanced_capacity, rounded_capacity
 from .routing import biased_scores, expert_load, route_topk, routing_margin, topk_indices, topk_sum
+from .rules import RuleState, RuleUpdate, UpdateRule, available_rules, make_rule
+from .solvers import (
+    Certificate,
+    SolveResult,
+    available_methods,
+    bias_from_assignment,
+    certify,
+    solve,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlflbError",
     "AssignmentProblem",
+    "Certificate",
     "ConvergenceWarning",
     "CorruptFileError",
     "InfeasibleProblemError",
     "InvalidInputError",
+    "RuleState",
+    "RuleUpdate",
     "RunFolderExistsError",
+    "SolveResult",
     "SolverError",
     "SolverUnavailableError",
     "UnknownNameError",
+    "UpdateRule",
     "__version__",
+    "available_methods",
+    "available_rules",
     "balanced_capacity",
+    "bias_from_assignment",
     "biased_scores",
     "center_bias",
+    "certify",
     "dual_function",
     "dual_subgradient",
     "expert_load",
+    "imbalance_summary",
     "lagrangian",
+    "make_rule",
+    "max_violation",
     "primal_objective",
     "rounded_capacity",
     "route_topk",
     "routing_margin",
+    "solve",
     "topk_indices",
     "topk_sum",
 ]
