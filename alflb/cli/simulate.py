@@ -1,0 +1,115 @@
+"""``alflb simulate``: run balancing rules side by side on a score stream, with regret.
+
+Example::
+
+    alflb simulate --stream skewed --rules none,sign,centred,decay:a=0.003:normalize=false \\
+        --steps 500 --tokens 512 --experts 16 --k 2 --seeds 3 --out runs/skewed
+
+writes the run folder (``config.json``, ``metrics.csv``, ``summary.csv``, ``summary.txt``,
+``arrays/*.npz``, ``summary.png``) and prints the summary table. ``--trace FILE`` replays a
+recorded trace (:mod:`alflb.traces`) instead of a synthetic stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InvalidInputError
+
+DEFAULTS = {"steps": 500, "tokens": 512, "experts": 16}
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    from ..simulator import _parse_value
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value.strip())
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate balancing rules on a score stream, with regret against exact optima",
+        description=(
+            "Run every rule on the same seeded score stream (common random numbers), causally, "
+            "over several seeds; write a run folder and print per rule: mean MaxVio_batch, "
+            "MaxVio_global, static/dynamic regret and R_N/ln N. Rules: any alflb rule name "
+            "(none, sign, centred, uniform, decay, momentum, multiplicative, quantile, "
+            "frozen_tail, ...) or comparator (batch_optimum, sinkhorn, expert_choice), each "
+            "optionally with parameters: name:key=value[:key=value], e.g. sign:u=1e-4."
+        ),
+    )
+    p.add_argument("--stream", default="gaussian",
+                   help="score stream: gaussian, skewed, clustered, drifting, bursty, adversarial, fixed")
+    p.add_argument("--stream-param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="a stream parameter, repeatable (e.g. --stream-param zipf_s=1.0)")
+    p.add_argument("--rules", default="none,sign,centred,decay",
+                   help="comma-separated rules/comparators (default none,sign,centred,decay)")
+    p.add_argument("--steps", type=int, default=None, help="N, batches per run (default 500; trace: its length)")
+    p.add_argument("--tokens", type=int, default=None, help="T, tokens per batch (default 512; trace: its T)")
+    p.add_argument("--experts", type=int, default=None, help="E, experts (default 16; trace: its E)")
+    p.add_argument("--k", type=int, default=2, help="K, experts per token (default 2)")
+    p.add_argument("--seeds", type=int, default=3, help="S, independent streams (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    p.add_argument("--u", type=float, default=None,
+                   help="step u for every rule that has one and was not given one (rule default 1e-3)")
+    p.add_argument("--trace", default=None, metavar="FILE", help="replay a recorded trace (.npz)")
+    p.add_argument("--layer", type=int, default=0, help="which layer of the trace (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue a run folder: skip finished runs")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--no-regret", action="store_true", help="skip the exact comparators (no regret)")
+    p.add_argument("--no-dynamic", action="store_true", help="skip per-batch optima (no dynamic regret)")
+    p.add_argument("--pseudo-batches", type=int, default=0,
+                   help="batches of the independent sample that estimates p* (pseudo-regret; default 0: off)")
+    p.add_argument("--prefix-points", type=int, default=10, help="log-spaced points of the regret curve")
+    p.add_argument("--no-t1", action="store_true", help="do not record the T1 terms (saves one routing pass)")
+    p.add_argument("--no-plot", action="store_true", help="do not write summary.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..simulator import SimulationConfig, simulate
+
+    stream, stream_params = args.stream, dict(args.stream_param)
+    sizes = {"steps": args.steps, "tokens": args.tokens, "experts": args.experts}
+    if args.trace:
+        from ..traces import load_trace
+
+        n_steps, n_layers, n_tokens, n_experts = load_trace(args.trace).shape
+        if not 0 <= args.layer < n_layers:
+            raise InvalidInputError(f"--layer {args.layer} out of range: the trace has {n_layers} layers")
+        stream, stream_params = "trace", {"path": args.trace, "layer": args.layer, **stream_params}
+        for key, value in (("steps", n_steps), ("tokens", n_tokens), ("experts", n_experts)):
+            if sizes[key] is None:
+                sizes[key] = value
+    for key, value in DEFAULTS.items():
+        if sizes[key] is None:
+            sizes[key] = value
+    policies = tuple(r for r in (s.strip() for s in args.rules.split(",")) if r)
+    config = SimulationConfig(
+        stream=stream,
+        stream_params=stream_params,
+        policies=policies,
+        n_steps=sizes["steps"],
+        n_tokens=sizes["tokens"],
+        n_experts=sizes["experts"],
+        k=args.k,
+        n_seeds=args.seeds,
+        seed=args.seed,
+        u=args.u,
+        record_t1=not args.no_t1,
+        regret=not args.no_regret,
+        dynamic=not args.no_dynamic,
+        prefix_points=args.prefix_points,
+        pseudo_batches=args.pseudo_batches,
+        progress=False if args.quiet else None,
+    )
+    result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
+    print(result.format_summary())
+    print(f"run folder: {args.out}")
+    return 0

@@ -1,0 +1,255 @@
+r"""Regret of an online bias rule against exact comparators (SPEC section 4).
+
+Shape legend: ``N`` steps, ``T`` tokens per step, ``E`` experts, ``K`` experts per token,
+``S`` seeds, ``G`` points of a prefix grid.
+
+The per-step loss is the batch dual
+
+.. math::
+
+    f_n(p) = \sum_i \operatorname{TopKSum}_k(\gamma^n_{ik} + p_k) - \sum_k c_k p_k ,
+
+and a causal rule plays ``p^n`` (a function of batches ``< n``). Three regrets:
+
+- **static**: :math:`R_N = \sum_{n \le N} f_n(p^n) - \min_p \sum_{n \le N} f_n(p)`. By strong
+  duality the minimum is the optimum of *one pooled assignment problem* over all ``N*T``
+  tokens with capacities ``N*c`` (:func:`pooled_optimum`, solved exactly by
+  ``alflb.solvers.solve(..., method="fast")``). Any *fixed* bias has static regret
+  ``>= 0`` (the comparator is the best fixed bias in hindsight, attained by the pooled
+  optimal dual). A causal rule's realised ``R_N`` is ``>= 0`` in expectation on
+  stationary streams, but a rule that tracks a drifting stream can beat every fixed bias
+  and show a negative ``R_N``: that is what the dynamic regret is for.
+- **dynamic**: :math:`\sum_n f_n(p^n) - \sum_n \min_p f_n(p)`, against the per-batch optima
+  (:func:`batch_optima`); it is ``>= 0`` for any play and at least the static regret.
+- **pseudo** (the quantity the standard proof bounds): :math:`\sum_n [F(p^n) - F(p^\star)]`
+  with :math:`F = \mathbb E f_n` and :math:`p^\star = \arg\min F`. It is estimated by
+  :math:`\sum_n [f_n(p^n) - f_n(\hat p^\star)]`, where :math:`\hat p^\star` is the optimal
+  dual of a large *independent* pooled sample (:func:`estimate_pstar`); because ``p^n`` is
+  independent of batch ``n``, each term is an unbiased estimate of
+  :math:`F(p^n) - F(\hat p^\star)`. Only meaningful for stationary streams.
+
+The prefix curve :math:`R_n` (:func:`prefix_regret`) uses, for each prefix ``n``, that
+prefix's own pooled optimum; it is computed on a log-spaced grid of ``n``
+(:func:`prefix_grid`) so that it costs a handful of pooled solves, not ``N``.
+
+With ``eps_n = 1/(mu n)`` and a ``mu``-strongly convex ``F`` the standard argument [HAK]
+gives :math:`\mathbb E R_N \le (G^2 / 2\mu)(1 + \ln N)`; constant steps (the sign rule
+included) grow like :math:`\sqrt N` or ``N``. :func:`fit_growth` fits ``R_n`` against
+``ln n``, ``sqrt n`` and ``n`` by least squares and names the best fit.
+
+References
+----------
+.. [HZ] X.Y. Han, Y. Zhong, arXiv:2512.03915 (regret of ALF-LB).
+.. [HAK] E. Hazan, A. Agarwal, S. Kale, Logarithmic regret algorithms for online convex
+   optimization, Machine Learning 69 (2007).
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> scores_NTE = rng.random((4, 6, 3))
+>>> cap = np.full(3, 2)
+>>> f_N = np.array([batch_dual(s, np.zeros(3), 1, cap) for s in scores_NTE])
+>>> bool(static_regret(f_N, pooled_optimum(scores_NTE, 1, cap)) >= 0)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from ._kernels import fused_route
+from .errors import InvalidInputError
+from .problem import AssignmentProblem
+
+__all__ = [
+    "ConfidenceBand",
+    "GrowthFit",
+    "batch_dual",
+    "batch_optima",
+    "confidence_band",
+    "dynamic_regret",
+    "estimate_pstar",
+    "fit_growth",
+    "pooled_optimum",
+    "pooled_problem",
+    "prefix_grid",
+    "prefix_regret",
+    "pseudo_regret",
+    "static_regret",
+]
+
+
+def _check_scores_NTE(scores_NTE: Any) -> np.ndarray:
+    arr = np.asarray(scores_NTE)
+    if arr.ndim != 3 or min(arr.shape) == 0:
+        raise InvalidInputError(f"scores_NTE must be a non-empty 3-D array (N, T, E), got shape {arr.shape}")
+    return arr
+
+
+def batch_dual(scores_TE: Any, bias_E: Any, k: int, capacity_E: Any) -> float:
+    r"""``f(p) = sum_i TopKSum(gamma_i + p) - c . p`` in float64 (the fused kernel).
+
+    >>> batch_dual(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([-0.5, 0.5]), 1, [1, 1])
+    1.0
+    """
+    bias = np.asarray(bias_E, dtype=np.float64)
+    _, value, _ = fused_route(np.asarray(scores_TE), bias, k)
+    return float(value - np.asarray(capacity_E, dtype=np.float64) @ bias)
+
+
+def pooled_problem(scores_NTE: Any, k: int, capacity_E: Any) -> AssignmentProblem:
+    """One assignment problem over all ``N*T`` tokens with capacities ``N*c``."""
+    arr = _check_scores_NTE(scores_NTE)
+    n_steps, n_tokens, n_experts = arr.shape
+    cap = np.asarray(capacity_E, dtype=np.int64)
+    return AssignmentProblem(arr.reshape(n_steps * n_tokens, n_experts), k, n_steps * cap)
+
+
+def pooled_optimum(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "fast") -> float:
+    r"""``min_p sum_n f_n(p)`` = the pooled problem's optimum (exact, float64)."""
+    from .solvers import solve
+
+    return float(solve(pooled_problem(scores_NTE, k, capacity_E), method=method).objective)
+
+
+def estimate_pstar(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "fast") -> np.ndarray:
+    r"""An optimal dual of a pooled sample: the estimate :math:`\hat p^\star` of ``argmin F``.
+
+    Centred (``p*`` is defined modulo a constant); the router adds it.
+    """
+    from .solvers import solve
+
+    res = solve(pooled_problem(scores_NTE, k, capacity_E), method=method)
+    return np.asarray(res.bias_E, dtype=np.float64)
+
+
+def batch_optima(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "fast") -> tuple[np.ndarray, np.ndarray]:
+    """Per-batch optima ``min_p f_n(p)`` and optimal duals: ``(objective_N, bias_NE)``."""
+    from .solvers import solve
+
+    arr = _check_scores_NTE(scores_NTE)
+    obj = np.empty(arr.shape[0])
+    bias = np.empty((arr.shape[0], arr.shape[2]))
+    for n, scores_TE in enumerate(arr):
+        res = solve(AssignmentProblem(scores_TE, k, capacity_E), method=method)
+        obj[n] = res.objective
+        bias[n] = res.bias_E
+    return obj, bias
+
+
+def prefix_grid(n_steps: int, n_points: int = 12) -> np.ndarray:
+    """About ``n_points`` log-spaced prefix lengths in ``1..N``, always including ``N`` (int64).
+
+    >>> prefix_grid(1000, 5).tolist()
+    [1, 6, 32, 178, 1000]
+    """
+    if n_steps < 1 or n_points < 1:
+        raise InvalidInputError(f"need n_steps >= 1 and n_points >= 1, got {n_steps}, {n_points}")
+    grid = np.unique(np.round(np.geomspace(1, n_steps, n_points)).astype(np.int64))
+    return np.union1d(grid, [n_steps]).astype(np.int64)
+
+
+def static_regret(f_N: Any, pooled_opt: float) -> float:
+    """``sum_n f_n(p^n) - min_p sum_n f_n(p)``."""
+    return float(np.sum(np.asarray(f_N, dtype=np.float64)) - pooled_opt)
+
+
+def dynamic_regret(f_N: Any, batch_opt_N: Any) -> float:
+    """``sum_n [f_n(p^n) - min_p f_n(p)]``."""
+    return float(np.sum(np.asarray(f_N, dtype=np.float64) - np.asarray(batch_opt_N, dtype=np.float64)))
+
+
+def pseudo_regret(f_N: Any, f_star_N: Any) -> float:
+    r"""``sum_n [f_n(p^n) - f_n(p*)]``: the estimate of the pseudo-regret (see the module docstring)."""
+    return float(np.sum(np.asarray(f_N, dtype=np.float64) - np.asarray(f_star_N, dtype=np.float64)))
+
+
+def prefix_regret(f_N: Any, grid_G: Any, pooled_opt_G: Any) -> np.ndarray:
+    """``R_n = sum_{m<=n} f_m(p^m) - OPT(prefix n)`` at the grid points, shape ``(G,)``."""
+    f = np.asarray(f_N, dtype=np.float64)
+    grid = np.asarray(grid_G, dtype=np.int64)
+    if grid.min() < 1 or grid.max() > len(f):
+        raise InvalidInputError(f"grid points must lie in 1..{len(f)}, got {grid.tolist()}")
+    return np.cumsum(f)[grid - 1] - np.asarray(pooled_opt_G, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ConfidenceBand:
+    """Mean over seeds with a two-sided Student-t confidence band."""
+
+    mean: np.ndarray | float
+    lower: np.ndarray | float
+    upper: np.ndarray | float
+    n_seeds: int
+    level: float
+
+
+def confidence_band(values_S: Any, level: float = 0.95, axis: int = 0) -> ConfidenceBand:
+    """Mean and ``level`` t-interval over ``axis`` (a single seed gives a zero-width band).
+
+    >>> band = confidence_band([1.0, 2.0, 3.0])
+    >>> band.mean, round(band.upper - band.mean, 3)
+    (2.0, 2.484)
+    """
+    v = np.asarray(values_S, dtype=np.float64)
+    n = v.shape[axis]
+    mean = v.mean(axis=axis)
+    if n < 2:
+        half = np.zeros_like(mean)
+    else:
+        sem = v.std(axis=axis, ddof=1) / np.sqrt(n)
+        half = stats.t.ppf(0.5 + level / 2, n - 1) * sem
+    if np.ndim(mean) == 0:
+        mean, half = float(mean), float(half)
+    return ConfidenceBand(mean, mean - half, mean + half, int(n), float(level))
+
+
+@dataclass(frozen=True)
+class GrowthFit:
+    """Least-squares fits ``R_n ~ a + b h(n)`` for ``h`` in ``ln n``, ``sqrt n``, ``n``.
+
+    Attributes
+    ----------
+    coefficients : dict
+        ``{"log": (a, b), "sqrt": (a, b), "linear": (a, b)}``.
+    r_squared : dict
+        Coefficient of determination of each fit.
+    best : str
+        The model with the smallest residual sum of squares (all have two parameters).
+    """
+
+    coefficients: dict[str, tuple[float, float]]
+    r_squared: dict[str, float]
+    best: str
+
+
+_GROWTH = {"log": np.log, "sqrt": np.sqrt, "linear": lambda n: n.astype(np.float64)}
+
+
+def fit_growth(n_G: Any, regret_G: Any) -> GrowthFit:
+    """Fit ``R_n`` against ``ln n``, ``sqrt n`` and ``n``; report the best (needs >= 3 points).
+
+    >>> n = np.array([1, 4, 16, 64, 256])
+    >>> fit_growth(n, 3.0 + 2.0 * np.log(n)).best
+    'log'
+    """
+    n = np.asarray(n_G, dtype=np.float64)
+    r = np.asarray(regret_G, dtype=np.float64)
+    if n.shape != r.shape or n.ndim != 1 or len(n) < 3:
+        raise InvalidInputError(f"need matching 1-D arrays of >= 3 points, got {n.shape} and {r.shape}")
+    coefs, r2, sse = {}, {}, {}
+    total = float(np.sum((r - r.mean()) ** 2))
+    for name, h in _GROWTH.items():
+        design = np.column_stack([np.ones_like(n), h(n)])
+        beta, *_ = np.linalg.lstsq(design, r, rcond=None)
+        resid = r - design @ beta
+        sse[name] = float(resid @ resid)
+        coefs[name] = (float(beta[0]), float(beta[1]))
+        r2[name] = 1.0 - sse[name] / total if total > 0 else 1.0
+    best = min(sse, key=sse.get)
+    return GrowthFit(coefs, r2, best)

@@ -1,0 +1,305 @@
+r"""Recorded router-score traces: the ``.npz`` format, its reader and writer, and a recorder.
+
+Shape legend: ``N`` steps, ``L`` MoE layers, ``T`` tokens per step, ``E`` experts.
+
+File format (version 1)
+-----------------------
+A trace is an uncompressed or compressed numpy ``.npz`` holding only plain arrays (it is
+read with ``allow_pickle=False``):
+
+==================  ===============  ========================================================
+name                dtype / shape    meaning
+==================  ===============  ========================================================
+``format``          str, ()          the constant ``"alflb-trace"``
+``version``         int64, ()        ``1``
+``scores_NLTE``     float32,         router scores ``gamma`` of every step and layer, as the
+                    (N, L, T, E)     router computed them (after sigmoid/softmax, before any
+                                     bias); finite
+``loads_NLE``       int64,           optional: the loads the model actually routed (with its
+                    (N, L, E)        bias), non-negative
+``metadata``        str, ()          a JSON object (model, data, activation, ``k``, ...);
+                                     ``"{}"`` when empty
+==================  ===============  ========================================================
+
+:func:`load_trace` raises :class:`~alflb.errors.CorruptFileError` on a wrong ``format``
+tag or ``version``, a wrong shape or dtype, non-finite scores, negative loads or
+metadata that is not a JSON object. :func:`save_trace` writes atomically
+(:func:`alflb.runio.save_npz_atomic`).
+
+A trace is replayed in the simulator with ``make_stream("trace", path=..., layer=...)``
+(or ``alflb simulate --trace FILE --layer L``).
+
+Recording from PyTorch
+----------------------
+:class:`TraceRecorder` registers forward hooks on router modules (one per MoE layer) and
+collects the scores each produces (``source="output"``) or receives
+(``source="input"``), flattened to ``(tokens, E)``:
+
+>>> import torch
+>>> routers = [torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)]   # stand-ins for routers
+>>> rec = TraceRecorder(routers, transform=torch.sigmoid)
+>>> for _ in range(3):                        # three training steps
+...     x = torch.randn(4, 5, 16)            # (batch, sequence, width)
+...     for r in routers:
+...         _ = r(x)
+...     rec.end_step()
+>>> rec.close()
+>>> trace = rec.to_trace(metadata={"activation": "sigmoid", "k": 2})
+>>> trace.scores_NLTE.shape
+(3, 2, 20, 8)
+
+``rec.save(path)`` writes the file. Calls of one router within a step (micro-batches)
+are concatenated along tokens; every step must see every layer with the same token count.
+
+References
+----------
+.. [HZ] X.Y. Han, Y. Zhong, arXiv:2512.03915 (the online setting).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._array import is_torch
+from .errors import CorruptFileError, InvalidInputError
+from .runio import load_npz, save_npz_atomic
+
+__all__ = ["TRACE_FORMAT", "TRACE_VERSION", "Trace", "TraceRecorder", "load_trace", "save_trace"]
+
+TRACE_FORMAT = "alflb-trace"
+TRACE_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A loaded or recorded trace (validated on construction).
+
+    Attributes
+    ----------
+    scores_NLTE : float32 ndarray, shape (N, L, T, E)
+    loads_NLE : int64 ndarray of shape (N, L, E), or None
+    metadata : dict
+        JSON-serialisable description.
+    """
+
+    scores_NLTE: np.ndarray
+    loads_NLE: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        scores = np.asarray(self.scores_NLTE)
+        if scores.ndim != 4:
+            raise InvalidInputError(f"scores_NLTE must be 4-D (N, L, T, E), got shape {scores.shape}")
+        if scores.dtype != np.float32:
+            if not np.issubdtype(scores.dtype, np.floating):
+                raise InvalidInputError(f"scores_NLTE must be floating point, got {scores.dtype}")
+            scores = scores.astype(np.float32)
+        if min(scores.shape) == 0 or scores.shape[3] < 2:
+            raise InvalidInputError(f"scores_NLTE must be non-empty with E >= 2, got shape {scores.shape}")
+        if not np.isfinite(scores).all():
+            raise InvalidInputError("scores_NLTE contains NaN or inf")
+        object.__setattr__(self, "scores_NLTE", scores)
+        if self.loads_NLE is not None:
+            loads = np.asarray(self.loads_NLE)
+            n, n_layers, _, e = scores.shape
+            if loads.shape != (n, n_layers, e):
+                raise InvalidInputError(
+                    f"loads_NLE must have shape (N, L, E) = {(n, n_layers, e)}, got {loads.shape}"
+                )
+            if not np.issubdtype(loads.dtype, np.integer):
+                raise InvalidInputError(f"loads_NLE must be integer counts, got {loads.dtype}")
+            if (loads < 0).any():
+                raise InvalidInputError("loads_NLE must be non-negative")
+            object.__setattr__(self, "loads_NLE", loads.astype(np.int64))
+        if not isinstance(self.metadata, dict):
+            raise InvalidInputError(f"metadata must be a dict, got {type(self.metadata).__name__}")
+        try:
+            json.dumps(self.metadata)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(N, L, T, E)``."""
+        return tuple(int(s) for s in self.scores_NLTE.shape)  # type: ignore[return-value]
+
+    def save(self, path: str | os.PathLike, compress: bool = False) -> Path:
+        """Write the trace atomically (see the module docstring for the format)."""
+        arrays: dict[str, Any] = {
+            "format": np.asarray(TRACE_FORMAT),
+            "version": np.asarray(TRACE_VERSION, dtype=np.int64),
+            "scores_NLTE": self.scores_NLTE,
+            "metadata": np.asarray(json.dumps(self.metadata)),
+        }
+        if self.loads_NLE is not None:
+            arrays["loads_NLE"] = self.loads_NLE
+        return save_npz_atomic(path, compress=compress, **arrays)
+
+
+def save_trace(
+    path: str | os.PathLike,
+    scores_NLTE: Any,
+    loads_NLE: Any = None,
+    metadata: dict[str, Any] | None = None,
+    compress: bool = False,
+) -> Path:
+    """Validate and write a trace file; returns its path.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "t.npz"
+    >>> _ = save_trace(f, np.zeros((2, 1, 4, 3), np.float32), metadata={"k": 1})
+    >>> load_trace(f).metadata
+    {'k': 1}
+    """
+    return Trace(scores_NLTE, loads_NLE, dict(metadata or {})).save(path, compress=compress)
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """Read and validate a trace file (never unpickles); see the module docstring."""
+    path = Path(path)
+    data = load_npz(path, required=("format", "version", "scores_NLTE", "metadata"))
+    fmt, version = data["format"], data["version"]
+    if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != TRACE_FORMAT:
+        raise CorruptFileError(f"{path}: not an alflb trace (format tag {fmt!r})")
+    if version.shape != () or not np.issubdtype(version.dtype, np.integer):
+        raise CorruptFileError(f"{path}: the version must be an integer scalar, got {version!r}")
+    if int(version) != TRACE_VERSION:
+        raise CorruptFileError(
+            f"{path}: trace version {int(version)} is not supported (this alflb reads version {TRACE_VERSION})"
+        )
+    scores = data["scores_NLTE"]
+    if scores.dtype != np.float32:
+        raise CorruptFileError(f"{path}: scores_NLTE must be float32, got {scores.dtype}")
+    if scores.ndim != 4:
+        raise CorruptFileError(f"{path}: scores_NLTE must be 4-D (N, L, T, E), got shape {scores.shape}")
+    meta_raw = data["metadata"]
+    if meta_raw.shape != () or meta_raw.dtype.kind != "U":
+        raise CorruptFileError(f"{path}: metadata must be a JSON string")
+    try:
+        metadata = json.loads(str(meta_raw))
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{path}: metadata is not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise CorruptFileError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
+    loads = data.get("loads_NLE")
+    if loads is not None and not np.issubdtype(loads.dtype, np.integer):
+        raise CorruptFileError(f"{path}: loads_NLE must be integers, got {loads.dtype}")
+    try:
+        return Trace(scores, loads, metadata)
+    except InvalidInputError as exc:
+        raise CorruptFileError(f"{path}: {exc}") from exc
+
+
+class TraceRecorder:
+    """Record router scores from PyTorch modules with forward hooks.
+
+    Parameters
+    ----------
+    modules : sequence of torch.nn.Module
+        One module per MoE layer, in layer order.
+    source : {"output", "input"}
+        Record what the module returns, or what it receives.
+    index : int
+        Which element when the output (or the positional input) is a tuple/list.
+    transform : callable, optional
+        Applied to the captured tensor before flattening (e.g. ``torch.sigmoid`` when the
+        module returns logits).
+    only_training : bool
+        Skip calls made while the module is in eval mode (SPEC section 3: loads and traces
+        come from training steps).
+
+    Each capture is detached, cast to float32, moved to the CPU and reshaped to
+    ``(-1, E)``. :meth:`end_step` closes a step; :meth:`to_trace` / :meth:`save` build the
+    file; :meth:`close` removes the hooks (also on ``with`` exit).
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[Any],
+        *,
+        source: str = "output",
+        index: int = 0,
+        transform: Callable[[Any], Any] | None = None,
+        only_training: bool = False,
+    ) -> None:
+        if source not in ("output", "input"):
+            raise InvalidInputError(f"source must be 'output' or 'input', got {source!r}")
+        modules = list(modules)
+        if not modules:
+            raise InvalidInputError("TraceRecorder needs at least one module")
+        self._source, self._index, self._transform = source, int(index), transform
+        self._only_training = bool(only_training)
+        self._current: list[list[np.ndarray]] = [[] for _ in modules]
+        self._steps: list[np.ndarray] = []
+        self._handles = [
+            m.register_forward_hook(self._make_hook(layer)) for layer, m in enumerate(modules)
+        ]
+
+    def _make_hook(self, layer: int) -> Callable[..., None]:
+        def hook(module: Any, args: tuple, output: Any) -> None:
+            if self._only_training and not module.training:
+                return
+            value = output if self._source == "output" else args
+            if isinstance(value, (tuple, list)):
+                value = value[self._index]
+            if not is_torch(value):
+                raise InvalidInputError(
+                    f"layer {layer}: the recorded {self._source} is not a tensor ({type(value).__name__})"
+                )
+            if self._transform is not None:
+                value = self._transform(value)
+            arr = value.detach().float().cpu().numpy()
+            self._current[layer].append(arr.reshape(-1, arr.shape[-1]))
+
+        return hook
+
+    @property
+    def n_steps(self) -> int:
+        """Steps closed so far."""
+        return len(self._steps)
+
+    def end_step(self) -> None:
+        """Close the current step: every layer must have been seen, with the same token count."""
+        missing = [layer for layer, chunks in enumerate(self._current) if not chunks]
+        if missing:
+            raise InvalidInputError(f"end_step: layers {missing} produced no scores in this step")
+        per_layer = [np.concatenate(chunks, axis=0) for chunks in self._current]
+        shapes = {a.shape for a in per_layer}
+        if len(shapes) != 1:
+            raise InvalidInputError(f"end_step: layers disagree on (tokens, experts): {sorted(shapes)}")
+        if self._steps and self._steps[0].shape[1:] != per_layer[0].shape:
+            raise InvalidInputError(
+                f"end_step: step has (T, E) = {per_layer[0].shape}, earlier steps had "
+                f"{self._steps[0].shape[1:]}"
+            )
+        self._steps.append(np.stack(per_layer).astype(np.float32, copy=False))
+        self._current = [[] for _ in self._current]
+
+    def to_trace(self, metadata: dict[str, Any] | None = None) -> Trace:
+        """The closed steps as a :class:`Trace`."""
+        if not self._steps:
+            raise InvalidInputError("no step recorded: call end_step() after each step")
+        return Trace(np.stack(self._steps), None, dict(metadata or {}))
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write the closed steps to ``path``."""
+        return self.to_trace(metadata).save(path)
+
+    def close(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> TraceRecorder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

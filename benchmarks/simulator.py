@@ -1,0 +1,127 @@
+"""Speed of the simulator's hot loop: token-routings per second next to a memory bound.
+
+    python benchmarks/simulator.py [--tokens 4096] [--experts 64] [--k 8] [--steps 256]
+                                   [--cores 2] [--skip-static]
+
+Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
+
+- **draw**: drawing the scores (``make_stream("gaussian").sample``: Gaussian logits and a
+  sigmoid), counted separately from routing;
+- **bound**: one read+write pass over each step's ``T x E`` float32 matrix, adding the bias
+  (``np.add(scores, bias, out=buf)``): what any router must at least pay;
+- **kernel**: :func:`alflb._kernels.fused_route` alone (add bias, top-K with the
+  lowest-index tie-break, load count and the batch dual, one pass);
+- **sign loop**: the simulator's full causal loop with the sign rule
+  (``alflb.simulator.run_policy("sign", ...)``: routing, ``f_n(p_n)``, ``rule.update``);
+- **numpy**: ``alflb.route_topk`` (argpartition) plus the load count, for reference;
+- **static comparator**: the exact pooled optimum of the first 256 steps
+  (``alflb.regret.pooled_optimum``, the ``fast`` solver), once.
+
+Rates are token-routings per second (``N*T / seconds``). ``--cores`` pins the process to
+that many CPUs (Linux) and sets numba's thread count to match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _best_of(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--experts", type=int, default=64)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--cores", type=int, default=2, help="CPUs to use (0: leave as is)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--skip-static", action="store_true", help="skip the pooled exact comparator")
+    args = parser.parse_args()
+
+    if args.cores and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))[: args.cores]
+        os.sched_setaffinity(0, cpus)
+    import numba
+
+    from alflb import expert_load, route_topk
+    from alflb._kernels import fused_route, set_threads
+    from alflb.simulator import run_policy
+    from alflb.streams import make_stream
+
+    threads = set_threads(args.cores or None)
+    n, t, e, k = args.steps, args.tokens, args.experts, args.k
+    routings = n * t
+    print(f"simulator benchmark: N={n} steps of T={t} tokens, E={e} experts, K={k}")
+    print(f"machine: {platform.processor() or platform.machine()}, cpus in use "
+          f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}, "
+          f"numba threads {threads} ({numba.config.THREADING_LAYER})")
+
+    stream = make_stream("gaussian")
+    start = time.perf_counter()
+    scores = stream.sample(n, t, e, rng=0)
+    draw_s = time.perf_counter() - start
+
+    bias64 = np.random.default_rng(1).normal(scale=0.01, size=e)
+    bias32 = bias64.astype(np.float32)
+    buf = np.empty((t, e), dtype=np.float32)
+
+    def bound():
+        for x in scores:
+            np.add(x, bias32, out=buf)
+
+    def kernel():
+        for x in scores:
+            fused_route(x, bias64, k)
+
+    def numpy_route():
+        for x in scores:
+            expert_load(route_topk(x, bias32, k))
+
+    kernel()  # compile outside the timing
+    run_policy("sign", scores[:2], k=k, record_t1=False)
+    bound_s = _best_of(bound, args.repeat)
+    kernel_s = _best_of(kernel, args.repeat)
+    loop_s = _best_of(lambda: run_policy("sign:u=0.001", scores, k=k, record_t1=False), args.repeat)
+    numpy_s = _best_of(numpy_route, 1)
+
+    rows = [
+        ("draw scores (gaussian+sigmoid)", draw_s),
+        ("bound: one add-bias pass", bound_s),
+        ("fused kernel", kernel_s),
+        ("sign-rule loop (simulator)", loop_s),
+        ("numpy route_topk + count", numpy_s),
+    ]
+    print(f"{'stage':<34}{'seconds':>10}{'ms/step':>10}{'M routings/s':>15}{'x bound':>9}")
+    for name, sec in rows:
+        print(f"{name:<34}{sec:>10.3f}{1e3 * sec / n:>10.3f}{routings / sec / 1e6:>15.2f}"
+              f"{sec / bound_s:>9.1f}")
+    rate = routings / loop_s / 1e6
+    print(f"target: >= 10 M/s and within 5x of the bound; sign loop: {rate:.1f} M/s, "
+          f"{loop_s / bound_s:.1f}x the bound")
+
+    if not args.skip_static:
+        from alflb.regret import pooled_optimum
+
+        steps = min(256, n)
+        cap = np.full(e, k * t // e)
+        start = time.perf_counter()
+        value = pooled_optimum(scores[:steps], k, cap)
+        print(f"static comparator: exact pooled optimum of {steps} steps x {t} tokens "
+              f"({steps * t} tokens, E={e}, K={k}): {time.perf_counter() - start:.1f} s (OPT={value:.6g})")
+
+
+if __name__ == "__main__":
+    main()
