@@ -16,7 +16,10 @@ work is ``sum_k (A_k - c_k)^+`` augmentations: small when ``p`` starts near a du
 routing margin under the start bias: the ones likely to move), with per-expert member
 lists so that re-scanning one entry costs ``O(|M| K / E)``, and *fixed* tokens ``F``
 (everything else), whose routed sets never change while they stay in ``F`` (a static CSR
-per expert). A fixed token that a shortest path does move joins ``M``. When a moved token
+per expert). ``W_F`` is not scanned up front: every fixed token has a margin of at least
+``m_F`` under the start bias ``p0``, so ``W_F[j,k] >= m_F + p0_k - p0_j``, and that bound
+enters as a stale entry (most are never on a shortest path; one that is gets scanned).
+A fixed token that a shortest path does move joins ``M``. When a moved token
 was the argmin of an entry, the entry keeps its old value as a lower bound and is marked
 stale; Dijkstra runs on lower bounds (which keeps the reduced costs valid), and a stale
 entry is re-scanned only when a shortest path actually uses it.
@@ -90,11 +93,15 @@ def _list_remove(i, j, loc, mem, cnt, pos):
 
 
 @numba.njit(cache=True, nogil=True)
-def ssp_solve(scores, x, p, load, cap, at_most, mobile, f_ptr, f_tok, in_F, capacity_M, max_aug):
+def ssp_solve(
+    scores, x, p, load, cap, at_most, mobile, f_ptr, f_tok, in_F, fixed_floor, capacity_M, max_aug
+):
     """Run successive shortest paths in place on ``x`` (bool T x E), ``p`` (V), ``load`` (E).
 
     ``mobile`` (int64) are the initial mobile tokens; ``f_ptr``/``f_tok`` the CSR of fixed
-    tokens by routed expert; ``in_F`` (bool T) flags fixed tokens. Returns
+    tokens by routed expert; ``in_F`` (bool T) flags fixed tokens; ``fixed_floor`` is a lower
+    bound on every fixed token's margin ``min_{x_ij=1} (gamma_ij + p_j) - max_{x_ik=0}
+    (gamma_ik + p_k)`` under the start potentials ``p`` (rounding included). Returns
     ``(status, n_augmentations, n_rescans)``; ``SSP_GROW`` when more than ``capacity_M``
     tokens would be mobile (the caller restarts with a larger mobile set; ``x`` and ``p``
     are then a valid warm start).
@@ -125,19 +132,19 @@ def ssp_solve(scores, x, p, load, cap, at_most, mobile, f_ptr, f_tok, in_F, capa
         for k in range(E):
             if j != k:
                 _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M)
-    # W_F in one pass over the fixed tokens (a rescan per entry would cost E times more)
+    # W_F starts as a lower bound, not a scan: a fixed token has margin >= fixed_floor, so
+    # gamma_ij - gamma_ik >= fixed_floor + p_k - p_j for its routed j and unrouted k (at the
+    # start potentials). Stale entries are re-scanned only when a shortest path uses them;
+    # the full scan (T K (E - K) work, most of it never used) is skipped.
+    for j in range(E):
+        if f_ptr[j + 1] == f_ptr[j]:
+            continue
+        for k in range(E):
+            if j != k:
+                W_F[j, k] = fixed_floor + p[k] - p[j]
+                stale_F[j, k] = True
     routed = np.empty(E, np.int64)
     unrouted = np.empty(E, np.int64)
-    for j0 in range(E):
-        for a in range(f_ptr[j0], f_ptr[j0 + 1]):
-            i = f_tok[a]
-            s_j = scores[i, j0]
-            for k in range(E):
-                if not x[i, k]:
-                    v = s_j - scores[i, k]
-                    if v < W_F[j0, k]:
-                        W_F[j0, k] = v
-                        arg_F[j0, k] = i
 
     dist = np.empty(V)
     pred = np.empty(V, np.int64)
