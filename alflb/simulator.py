@@ -43,8 +43,8 @@ parameters such as the Zipf offsets, independent noise: ``step_offset``). It est
 ``argmin E f_n`` only for stationary streams.
 
 :func:`simulate` returns a :class:`SimulationResult`; with ``out=`` it also writes a run
-folder (``config.json``, ``metrics.csv``, ``summary.csv``, ``arrays/*.npz``,
-``summary.png``), every file atomically, and with ``resume=True`` it skips the
+folder (``config.json``, ``metrics.csv``, ``summary.csv``, ``summary.txt``,
+``arrays/*.npz``, ``summary.png``), every file atomically, and with ``resume=True`` it skips the
 (policy, seed) pairs whose arrays are already there.
 
 References

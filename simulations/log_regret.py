@@ -48,7 +48,7 @@ def main() -> None:
         stream="skewed",
         stream_params=stream_params,
         policies=(
-            f"decay:a={a:.4g}:normalize=false:label=decay_1/(mu_n)",
+            f"decay:a={a:.4g}:normalize=false:label=decay_1_over_mu_n",
             f"uniform:eps={a:.4g}:normalize=false:label=constant_eps",
             "sign:u=0.01",
             "sign:u=0.001",

@@ -17,11 +17,11 @@ from alflb.simulator import SimulationConfig
 def main() -> None:
     args = parse_args("nonstationary", __doc__)
     # Exact regret needs one pooled solve over N*T tokens: on for the small run only.
-    n_steps, n_tokens, n_experts, k = (20000, 4096, 64, 8) if args.full else (1000, 256, 16, 2)
+    n_steps, n_tokens, n_experts, k = (20000, 4096, 64, 8) if args.full else (600, 256, 16, 2)
     policies = ("none", "sign:u=0.001", "sign:u=0.01", "decay:a=0.5", "momentum:u=0.01", "quantile",
                 "batch_optimum")
     common = dict(policies=policies, n_steps=n_steps, n_tokens=n_tokens, n_experts=n_experts, k=k,
-                  n_seeds=3, record_t1=False, regret=not args.full)
+                  n_seeds=3 if args.full else 2, record_t1=False, regret=not args.full)
     streams = {
         "drifting": {"zipf_s": 0.5, "drift_amplitude": 0.5, "drift_period": n_steps / 3,
                      "shift_every": n_steps // 3},

@@ -257,3 +257,11 @@ def test_summary_table_lists_every_policy():
     rows = {r["policy"]: r for r in res.summary_rows()}
     assert rows["expert_choice"]["maxvio_global"] == 0.0
     assert rows["none"]["maxvio_batch_mean"] > rows["sign_u=0.01"]["maxvio_global"]
+
+
+def test_t1_summary():
+    res = simulate(_cfg(stream="fixed", policies=("sign:u=0.01", "expert_choice"), regret=False))
+    t1 = res.t1_summary("sign_u=0.01", 0)
+    assert t1["identity_residual"] <= 1e-9 * np.abs(res.run("sign_u=0.01", 0).f_N).max()
+    assert 0.0 <= t1["dual_decrease_steps"] <= 1.0 and t1["imbalance_sum"] > 0
+    assert np.isnan(res.t1_summary("expert_choice", 0)["imbalance_sum"])
