@@ -18,14 +18,17 @@ array. ``V = sum_i TopKSum(gamma_i + p)``, so the batch dual is
 
 Selection is exactly :func:`alflb.route_topk`: the ``K`` largest biased scores, ties at
 the K-th place to the lowest expert indices. Per row: the smallest of the maxima of ``K``
-disjoint expert groups is a lower bound on the K-th largest value; the experts at or
-above it (about 2K of them for i.i.d. scores) are compacted without branches, then
-inserted in index order into a descending buffer of the best ``K``, where a later expert
-enters only when strictly larger than the last entry and equal values never overtake an
-earlier one, so the lowest indices win every tie. The biased score is computed in the
-dtype of ``bias_E`` (``float32`` scores plus a ``float64`` bias are added in float64,
-as numpy's ``scores.astype(float64) + bias`` would), so the kernel and
-``route_topk(scores.astype(bias.dtype), bias, k)`` agree bit for bit.
+disjoint expert groups is a lower bound ``lo`` on the K-th largest value; the experts at
+or above it (about 2K of them for i.i.d. scores) are compacted without branches and
+dropped into value buckets between ``lo`` and the row maximum (a monotone map, so equal
+values share a bucket). Whole buckets are taken from the top while they fit in ``K``;
+in the one bucket that straddles the K-th place, a short insertion in expert-index order
+(a later expert enters only when strictly larger) gives the ties to the lowest indices.
+
+The biased score is computed in the dtype of ``bias_E`` (``float32`` scores plus a
+``float64`` bias are added in float64, as numpy's ``scores.astype(float64) + bias``
+would), so the kernel and ``route_topk(scores.astype(bias.dtype), bias, k)`` agree bit
+for bit.
 
 Loads are counted per row chunk (``C`` chunks, each owned by one thread) and summed
 afterwards: no atomics, deterministic for a given chunking.
@@ -45,26 +48,42 @@ __all__ = ["fused_route"]
 # Rows per chunk: large enough that per-chunk overhead is negligible, small enough that
 # 4096 tokens still split over several threads.
 _CHUNK_ROWS = 256
+# Value buckets between the lower bound and the row maximum (see the module docstring).
+_N_BUCKETS = 16
 
 
 def _fused_route_py(scores_TE, bias_E, k, write_topk, topk_TK, load_CE, value_C):  # pragma: no cover - compiled
     n_tokens, n_experts = scores_TE.shape
     n_chunks = load_CE.shape[0]
     n_blocks = n_experts // k
+    # Per-chunk scratch, allocated once and padded to whole cache lines: small buffers
+    # allocated inside the parallel loop end up side by side, and threads writing them
+    # would keep stealing each other's cache lines.
+    pad_e = -(-n_experts // 16) * 16 + 16
+    pad_k = -(-k // 16) * 16 + 16
+    row_CE = np.empty((n_chunks, pad_e), dtype=bias_E.dtype)
+    cand_CE = np.empty((n_chunks, pad_e), dtype=np.int64)
+    bucket_CBE = np.empty((n_chunks, _N_BUCKETS, pad_e), dtype=np.int64)
+    count_CB = np.empty((n_chunks, _N_BUCKETS + 16), dtype=np.int64)
+    group_max_CK = np.empty((n_chunks, pad_k), dtype=bias_E.dtype)
+    vals_CK = np.empty((n_chunks, pad_k), dtype=bias_E.dtype)
+    idx_CK = np.empty((n_chunks, pad_k), dtype=np.int64)
+    sel_CK = np.empty((n_chunks, pad_k), dtype=np.int64)
     for c in prange(n_chunks):
         start = c * _CHUNK_ROWS
         stop = min(start + _CHUNK_ROWS, n_tokens)
-        row_E = np.empty(n_experts, dtype=bias_E.dtype)
-        group_max_K = np.empty(k, dtype=bias_E.dtype)
-        cand_E = np.empty(n_experts, dtype=np.int64)
-        vals = np.empty(k, dtype=bias_E.dtype)
-        idx = np.empty(k, dtype=np.int64)
+        row_E = row_CE[c]
+        group_max_K = group_max_CK[c]
+        cand_E = cand_CE[c]
+        bucket_BE = bucket_CBE[c]
+        count_B = count_CB[c]
+        vals = vals_CK[c]
+        idx = idx_CK[c]
+        sel = sel_CK[c]
         acc = 0.0
         for i in range(start, stop):
             for e in range(n_experts):
                 row_E[e] = scores_TE[i, e] + bias_E[e]
-            # A lower bound on the K-th largest value: split the experts into K disjoint
-            # groups (e mod K) and take the smallest of the K group maxima.
             for j in range(k):
                 group_max_K[j] = row_E[j]
             for b in range(1, n_blocks):
@@ -76,38 +95,81 @@ def _fused_route_py(scores_TE, bias_E, k, write_topk, topk_TK, load_CE, value_C)
                 x = row_E[e]
                 j = e - n_blocks * k
                 group_max_K[j] = x if x > group_max_K[j] else group_max_K[j]
-            thr = group_max_K[0]
+            # lo: the smallest of the K group maxima (expert groups e mod K), a lower bound on
+            # the K-th largest value; hi: the row maximum.
+            lo = group_max_K[0]
+            hi = group_max_K[0]
             for j in range(1, k):
-                thr = group_max_K[j] if group_max_K[j] < thr else thr
-            # Branch-free compaction of the candidates (value >= bound), in index order.
+                x = group_max_K[j]
+                lo = x if x < lo else lo
+                hi = x if x > hi else hi
+            # Branch-free compaction of the candidates (value >= lo), in index order.
             n_cand = 0
             for e in range(n_experts):
                 cand_E[n_cand] = e
-                n_cand += row_E[e] >= thr
-            # Insertion into a descending buffer of the best K: a candidate enters only when
-            # strictly larger than the last entry, and equal values never overtake an
-            # earlier (lower-index) one, so ties go to the lowest indices.
-            filled = 0
+                n_cand += row_E[e] >= lo
+            # Bucket the candidates by value (monotone map, so equal values share a bucket).
+            scale = _N_BUCKETS / (hi - lo) if hi > lo else 0.0
+            for b in range(_N_BUCKETS):
+                count_B[b] = 0
             for q in range(n_cand):
                 e = cand_E[q]
-                v = row_E[e]
-                if filled < k:
-                    j = filled
-                    filled += 1
-                elif v > vals[k - 1]:
-                    j = k - 1
+                bk = np.int64((row_E[e] - lo) * scale)  # not int(): slow under prange
+                bk = bk if bk < _N_BUCKETS else _N_BUCKETS - 1
+                bucket_BE[bk, count_B[bk]] = e
+                count_B[bk] += 1
+            # Whole buckets from the top while they fit in K; in the bucket that straddles the
+            # K-th place, insertion in index order (equal values never overtake an earlier
+            # one, so ties go to the lowest indices).
+            m = 0
+            for b in range(_N_BUCKETS - 1, -1, -1):
+                n_b = count_B[b]
+                if m + n_b <= k:
+                    for q in range(n_b):
+                        sel[m + q] = bucket_BE[b, q]
+                    m += n_b
+                    if m == k:
+                        break
                 else:
-                    continue
-                while j > 0 and vals[j - 1] < v:
-                    vals[j] = vals[j - 1]
-                    idx[j] = idx[j - 1]
-                    j -= 1
-                vals[j] = v
-                idx[j] = e
-            for j in range(k):
-                load_CE[c, idx[j]] += 1
-                acc += vals[j]
-                if write_topk:
+                    need = k - m
+                    filled = 0
+                    for q in range(n_b):
+                        e = bucket_BE[b, q]
+                        v = row_E[e]
+                        if filled < need:
+                            j = filled
+                            filled += 1
+                        elif v > vals[need - 1]:
+                            j = need - 1
+                        else:
+                            continue
+                        while j > 0 and vals[j - 1] < v:
+                            vals[j] = vals[j - 1]
+                            idx[j] = idx[j - 1]
+                            j -= 1
+                        vals[j] = v
+                        idx[j] = e
+                    for q in range(need):
+                        sel[m + q] = idx[q]
+                    m = k
+                    break
+            for q in range(k):
+                e = sel[q]
+                load_CE[c, e] += 1
+                acc += row_E[e]
+            if write_topk:
+                # Descending value, ties by ascending index (insertion sort of K entries).
+                for q in range(k):
+                    e = sel[q]
+                    v = row_E[e]
+                    j = q
+                    while j > 0 and (vals[j - 1] < v or (vals[j - 1] == v and idx[j - 1] > e)):
+                        vals[j] = vals[j - 1]
+                        idx[j] = idx[j - 1]
+                        j -= 1
+                    vals[j] = v
+                    idx[j] = e
+                for j in range(k):
                     topk_TK[i, j] = idx[j]
         value_C[c] = acc
 

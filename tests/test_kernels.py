@@ -75,3 +75,17 @@ def test_property_random_real_scores(n_tokens, n_experts, data):
     ref = route_topk(scores, bias, k)
     np.testing.assert_array_equal(_mask(topk, ref.shape), ref)
     np.testing.assert_array_equal(load, ref.sum(axis=0))
+
+
+def test_parallel_path_matches_serial_and_route_topk():
+    from alflb import _kernels
+
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, size=(1100, 64)).astype(np.float32)  # T*E above the threshold
+    assert scores.size >= _kernels._PARALLEL_MIN_ELEMENTS
+    bias = rng.integers(-1, 2, size=64).astype(np.float64)
+    load, value, topk = fused_route(scores, bias, 8, return_topk=True)
+    ref = route_topk(scores.astype(np.float64), bias, 8)
+    np.testing.assert_array_equal(_mask(topk, ref.shape), ref)
+    np.testing.assert_array_equal(load, ref.sum(axis=0))
+    np.testing.assert_allclose(value, topk_sum(scores.astype(np.float64) + bias, 8).sum(), rtol=1e-12)
