@@ -599,7 +599,11 @@ def run_policy(
     scores_NTE = np.ascontiguousarray(scores_NTE)
     if scores_NTE.ndim != 3 or min(scores_NTE.shape) == 0:
         raise InvalidInputError(f"scores_NTE must be a non-empty (N, T, E) array, got {scores_NTE.shape}")
-    if not np.isfinite(scores_NTE).all():
+    if not np.issubdtype(scores_NTE.dtype, np.floating):
+        scores_NTE = scores_NTE.astype(np.float64)
+    # One pass: the float64 sum is the CRN checksum, and it is finite iff every score is.
+    scores_sum = float(scores_NTE.sum(dtype=np.float64))
+    if not np.isfinite(scores_sum):
         raise InvalidInputError("scores_NTE contains NaN or inf")
     _n_steps, n_tokens, n_experts = scores_NTE.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n_experts:
@@ -625,8 +629,7 @@ def run_policy(
             ref = SeedReference(-1, opt, bias, np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
         arrays = _run_comparator(comp, scores_NTE, k, cap, ref, sinkhorn_tau, progress)
     return PolicyRun(
-        label=label, seed_index=-1, time_s=time.perf_counter() - start,
-        scores_sum=float(scores_NTE.sum(dtype=np.float64)), **arrays,
+        label=label, seed_index=-1, time_s=time.perf_counter() - start, scores_sum=scores_sum, **arrays
     )
 
 

@@ -11,8 +11,10 @@ Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
   (``np.add(scores, bias, out=buf)``): what any router must at least pay;
 - **kernel**: :func:`alflb._kernels.fused_route` alone (add bias, top-K with the
   lowest-index tie-break, load count and the batch dual, one pass);
-- **sign loop**: the simulator's full causal loop with the sign rule
-  (``alflb.simulator.run_policy("sign", ...)``: routing, ``f_n(p_n)``, ``rule.update``);
+- **sign loop**: the simulator's causal loop with the sign rule (routing, loads,
+  ``f_n(p_n)``, ``rule.update``, recording), as :func:`alflb.simulator.simulate` runs it;
+- **run_policy**: the same through the public :func:`alflb.simulator.run_policy`, which
+  adds one validation/checksum pass over the whole ``(N, T, E)`` input;
 - **numpy**: ``alflb.route_topk`` (argpartition) plus the load count, for reference;
 - **static comparator**: the exact pooled optimum of the first 256 steps
   (``alflb.regret.pooled_optimum``, the ``fast`` solver), once.
@@ -58,7 +60,8 @@ def main() -> None:
 
     from alflb import expert_load, route_topk
     from alflb._kernels import fused_route, set_threads
-    from alflb.simulator import run_policy
+    from alflb.rules import make_rule
+    from alflb.simulator import _run_rule, run_policy
     from alflb.streams import make_stream
 
     threads = set_threads(args.cores or None)
@@ -90,11 +93,21 @@ def main() -> None:
         for x in scores:
             expert_load(route_topk(x, bias32, k))
 
+    rule, cap = make_rule("sign", u=1e-3), np.full(e, k * t // e)
+
+    class _NoProgress:
+        def update(self, n):
+            pass
+
+    def sign_loop():
+        _run_rule(rule, scores, k, cap, False, _NoProgress())
+
     kernel()  # compile outside the timing
     run_policy("sign", scores[:2], k=k, record_t1=False)
     bound_s = _best_of(bound, args.repeat)
     kernel_s = _best_of(kernel, args.repeat)
-    loop_s = _best_of(lambda: run_policy("sign:u=0.001", scores, k=k, record_t1=False), args.repeat)
+    loop_s = _best_of(sign_loop, args.repeat)
+    policy_s = _best_of(lambda: run_policy("sign:u=0.001", scores, k=k, record_t1=False), args.repeat)
     numpy_s = _best_of(numpy_route, 1)
 
     rows = [
@@ -102,6 +115,7 @@ def main() -> None:
         ("bound: one add-bias pass", bound_s),
         ("fused kernel", kernel_s),
         ("sign-rule loop (simulator)", loop_s),
+        ("run_policy (loop + input pass)", policy_s),
         ("numpy route_topk + count", numpy_s),
     ]
     print(f"{'stage':<34}{'seconds':>10}{'ms/step':>10}{'M routings/s':>15}{'x bound':>9}")
