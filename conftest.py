@@ -12,6 +12,17 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The suite runs as `pytest -n 2` on 2 cores: numba's own 2-thread parallel regions would
+# then oversubscribe the machine, and OpenMP's spin-waiting makes them many times slower.
+# One numba thread per test process (set_num_threads acts on the calling thread, which is
+# where pytest runs the tests; subprocesses and notebook kernels keep the default).
+try:
+    import numba
+
+    numba.set_num_threads(1)
+except ImportError:  # pragma: no cover - numba is a dependency
+    pass
+
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile(
     "ci",

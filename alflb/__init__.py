@@ -25,6 +25,7 @@ from .metrics import imbalance_summary, max_violation
 from .problem import AssignmentProblem, balanced_capacity, rounded_capacity
 from .routing import biased_scores, expert_load, route_topk, routing_margin, topk_indices, topk_sum
 from .rules import RuleState, RuleUpdate, UpdateRule, available_rules, make_rule
+from .simulator import SimulationConfig, SimulationResult, simulate
 from .solvers import (
     Certificate,
     SolveResult,
@@ -33,6 +34,9 @@ from .solvers import (
     certify,
     solve,
 )
+from .streams import available_streams, make_stream
+from .sweep import SweepConfig, SweepResult, run_sweep
+from .traces import Trace, load_trace, save_trace
 
 __version__ = "0.1.0"
 
@@ -47,14 +51,20 @@ __all__ = [
     "RuleState",
     "RuleUpdate",
     "RunFolderExistsError",
+    "SimulationConfig",
+    "SimulationResult",
     "SolveResult",
     "SolverError",
     "SolverUnavailableError",
+    "SweepConfig",
+    "SweepResult",
+    "Trace",
     "UnknownNameError",
     "UpdateRule",
     "__version__",
     "available_methods",
     "available_rules",
+    "available_streams",
     "balanced_capacity",
     "bias_from_assignment",
     "biased_scores",
@@ -65,12 +75,17 @@ __all__ = [
     "expert_load",
     "imbalance_summary",
     "lagrangian",
+    "load_trace",
     "make_rule",
+    "make_stream",
     "max_violation",
     "primal_objective",
     "rounded_capacity",
     "route_topk",
     "routing_margin",
+    "run_sweep",
+    "save_trace",
+    "simulate",
     "solve",
     "topk_indices",
     "topk_sum",
