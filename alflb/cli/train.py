@@ -1,0 +1,135 @@
+"""``alflb train``: train the DeepSeekMoE model on real text with a balancing mode.
+
+Examples::
+
+    alflb train --preset tiny --balance sign --steps 40 --out runs/tiny
+    alflb train --preset small --balance sign --u 1e-2 --steps 600 --out runs/sign
+    alflb train --preset small --balance aux --alpha 1e-3 --steps 600 --out runs/aux
+    alflb train --preset small --balance frozen_tail --rule-param freeze_after=400 --out runs/ft
+    alflb train --out runs/sign --steps 1200 --resume      # continue a run, bit-exact on CPU
+
+``--balance`` takes ``none``, ``aux``, ``seq_aux``, ``global_aux`` or any rule of
+:mod:`alflb.rules`. With ``--resume`` the run's saved configuration is used; only
+``--steps``, ``--device``, ``--trace-steps``, ``--eval-every`` and ``--checkpoint-every``
+may change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "parse_steps", "run"]
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"5,10,100:1000:100"`` -> steps 5, 10, 100, 200, ..., 1000 (``start:stop:every``, stop included).
+
+    >>> parse_steps("1,3,10:30:10")
+    (1, 3, 10, 20, 30)
+    """
+    from ..errors import InvalidInputError
+
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if ":" in part:
+                a, b, *c = (int(x) for x in part.split(":"))
+                out.extend(range(a, b + 1, c[0] if c else 1))
+            else:
+                out.append(int(part))
+        except ValueError as exc:
+            raise InvalidInputError(f"cannot read trace steps {text!r}: {exc}") from exc
+    return tuple(sorted(set(out)))
+
+
+def _rule_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the DeepSeekMoE model (byte-level text) with a load-balancing mode",
+        description=__doc__.split("Examples::")[0].strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_1b (default tiny)")
+    p.add_argument("--balance", default="sign",
+                   help="none | aux | seq_aux | global_aux | any alflb.rules name (default sign)")
+    p.add_argument("--u", type=float, default=1e-3, help="update rate of the bias rule (default 1e-3)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="loss coefficient (default 1e-3 for aux/global_aux, 1e-4 for seq_aux)")
+    p.add_argument("--seq-alpha", type=float, default=0.0,
+                   help="complementary sequence-wise loss added to a bias rule (V3: 1e-4; default 0)")
+    p.add_argument("--rule-param", action="append", type=_rule_param, default=[], metavar="KEY=VALUE",
+                   help="further parameter of the rule (JSON value), repeatable")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
+    p.add_argument("--seq-len", type=int, default=None, help="bytes per sequence")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--corpus", default=None, help="text file or folder (default: the stdlib's *.py files)")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trace-steps", default=None, metavar="STEPS",
+                   help="steps whose router scores go to traces/trace.npz, e.g. 1,50,100:1000:100")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="delete --out first")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..model.balancing import BalanceConfig
+    from ..model.train import TrainConfig, load_run_config, train
+
+    trace_steps = parse_steps(args.trace_steps) if args.trace_steps is not None else None
+    changes: dict[str, Any] = {
+        k: v for k, v in {
+            "steps": args.steps, "device": args.device, "trace_steps": trace_steps,
+            "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every,
+        }.items() if v is not None
+    }
+    changes["progress"] = not args.no_progress
+    out = Path(args.out)
+    if args.resume and (out / "config.json").exists():
+        cfg = dataclasses.replace(load_run_config(out), **changes)
+    else:
+        balance = BalanceConfig(mode=args.balance, u=args.u, alpha=args.alpha, seq_alpha=args.seq_alpha,
+                                rule_params=dict(args.rule_param))
+        extra = {k: v for k, v in {
+            "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seq_len": args.seq_len,
+            "lr": args.lr, "corpus": args.corpus,
+        }.items() if v is not None}
+        model_overrides = {}
+        if args.seq_len is not None:
+            from ..model.config import get_preset
+
+            if args.seq_len > get_preset(args.preset).max_seq_len:
+                model_overrides["max_seq_len"] = args.seq_len
+        cfg = TrainConfig.from_preset(args.preset, model_overrides=model_overrides, balance=balance,
+                                      seed=args.seed, **extra, **changes)
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    ev = result.eval
+    print(f"run folder: {result.run_dir}")
+    print(f"steps {result.steps}  train loss {result.final_train_loss:.4f}  "
+          f"val loss {ev.loss:.4f}  val ppl {ev.ppl:.3f}  val bits/byte {ev.bpb:.4f}")
+    print(f"MaxVio_global {ev.maxvio_global:.4f} (per layer {', '.join(f'{v:.3f}' for v in ev.maxvio_global_L)})"
+          f"  mean MaxVio_batch {result.mean_maxvio_batch:.4f}"
+          "  [MaxVio = (max load - mean load) / mean load, averaged over MoE layers]")
+    return 0

@@ -1,0 +1,43 @@
+"""A small DeepSeekMoE in torch whose router feeds alflb's metrics and simulator.
+
+Modules, in the order data flows: :mod:`.config` (the frozen configuration and the
+``tiny``/``small``/``paper_1b`` presets), :mod:`.transformer` (norm, attention, experts,
+router, MoE layer, block, model), :mod:`.balancing` (auxiliary losses and the bias update
+of :mod:`alflb.rules`), :mod:`.data` (byte-level corpora), :mod:`.checkpoint` and
+:mod:`.train` (the loop, evaluation, the run folder).
+
+Sign convention: the router adds the bias to its scores for selection only; an
+overloaded expert's bias goes down.
+"""
+
+from .balancing import LOSS_MODES, BalanceConfig, Balancer
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import PRESETS, ModelConfig, get_preset
+from .data import BatchSampler, Corpus, load_corpus
+from .train import TRAIN_PRESETS, EvalResult, TrainConfig, TrainResult, evaluate, train
+from .transformer import DeepSeekMoE, ModelOutput, MoELayer, Router, RouterOutput
+
+__all__ = [
+    "LOSS_MODES",
+    "PRESETS",
+    "TRAIN_PRESETS",
+    "BalanceConfig",
+    "Balancer",
+    "BatchSampler",
+    "Corpus",
+    "DeepSeekMoE",
+    "EvalResult",
+    "MoELayer",
+    "ModelConfig",
+    "ModelOutput",
+    "Router",
+    "RouterOutput",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "get_preset",
+    "load_checkpoint",
+    "load_corpus",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,287 @@
+r"""Load balancing for the model: auxiliary losses and the bias update of :mod:`alflb.rules`.
+
+Shape legend: ``T`` tokens, ``B`` sequences, ``E`` experts, ``K`` experts per token,
+``L`` MoE layers.
+
+Modes (``BalanceConfig.mode``):
+
+``none``
+    No balancing: the bias stays 0, no loss.
+``aux``
+    Switch/GShard auxiliary loss per MoE layer, summed over layers,
+
+    .. math:: \mathcal{L}_{\text{aux}} = \alpha\, E \sum_k f_k P_k, \qquad
+        f_k = \frac{A_k}{K T}, \qquad P_k = \frac1T \sum_i \pi_{ik},
+
+    with ``A_k`` the hard count of the micro-batch and ``pi`` the router probabilities:
+    the softmax scores, or for sigmoid scores ``s_ik / sum_j s_ij`` (as [V3] normalises).
+    ``alpha = 1e-3`` by default ([W]). Balanced routing gives the value ``alpha``.
+``seq_aux``
+    DeepSeek-V3's sequence-wise loss: the same per sequence, averaged over sequences;
+    ``alpha = 1e-4`` by default ([V3]).
+``global_aux``
+    Global-batch loss [Q]: ``f_k`` from the counts summed over the micro-batches of the
+    optimiser step so far (Megatron-core's implementation: the running count, which
+    equals the global-batch count at the last micro-batch), ``P_k`` from the current
+    micro-batch; ``alpha = 1e-3`` by default.
+any rule of :mod:`alflb.rules` (``sign``, ``centred``, ``uniform``, ``decay``, ``momentum``,
+``multiplicative``, ``frozen_tail``, ``quantile``, ...)
+    The bias update. Loads are counted over the whole global batch (every micro-batch of
+    the optimiser step, training mode only) and the rule runs once per optimiser step,
+    after ``optimizer.step()``, outside autograd, as the same pure function the simulator
+    uses, ``rule.update(bias_E, load_E, capacity_E, state)`` with the balanced capacity
+    ``c_k = K T / E`` of the global batch (a float vector). ``seq_alpha > 0`` adds the
+    complementary sequence-wise loss ([V3] uses both).
+
+Sign convention: the router adds the bias; an overloaded expert's bias goes down. The
+bias is an fp32 tensor, and the rule computes in fp32 (it keeps the bias's dtype).
+
+References
+----------
+.. [W] L. Wang et al., arXiv:2408.15664 (2024), sections 2-3.
+.. [V3] DeepSeek-AI, arXiv:2412.19437 (2024), sections 2.1.2 (bias rule, sequence-wise loss).
+.. [Q] Z. Qiu et al., Demons in the Detail, arXiv:2501.11873 (global-batch loss).
+.. Switch: W. Fedus et al., JMLR 2022; GShard: D. Lepikhin et al., ICLR 2021.
+
+Examples
+--------
+>>> cfg = BalanceConfig(mode="aux")
+>>> cfg.loss_alpha, cfg.rule_name
+(0.001, None)
+>>> BalanceConfig(mode="sign", u=1e-2).rule_name
+'sign'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import rules as _rules
+from ..errors import InvalidInputError, UnknownNameError
+from .transformer import DeepSeekMoE, RouterOutput
+
+__all__ = [
+    "LOSS_MODES",
+    "BalanceConfig",
+    "Balancer",
+    "router_probs",
+    "sequence_aux_loss",
+    "switch_aux_loss",
+]
+
+LOSS_MODES = ("none", "aux", "seq_aux", "global_aux")
+_DEFAULT_ALPHA = {"aux": 1e-3, "seq_aux": 1e-4, "global_aux": 1e-3}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalanceConfig:
+    """How the training run balances expert loads (see the module docstring)."""
+
+    mode: str = "sign"  # none | aux | seq_aux | global_aux | any rule name of alflb.rules
+    u: float = 1e-3  # step of rules that take `u` (sign, centred, multiplicative, momentum, ...)
+    alpha: float | None = None  # loss coefficient; None: 1e-3 (aux, global_aux), 1e-4 (seq_aux)
+    seq_alpha: float = 0.0  # complementary sequence-wise loss added to a bias rule (V3: 1e-4)
+    rule_params: dict[str, Any] = field(default_factory=dict)  # further make_rule parameters
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, str):
+            raise InvalidInputError(f"balance mode must be a string, got {self.mode!r}")
+        mode = self.mode.lower()
+        object.__setattr__(self, "mode", mode)
+        if mode not in LOSS_MODES:
+            try:
+                _rules.make_rule(mode, **self.rule_params)
+            except UnknownNameError as exc:
+                raise UnknownNameError(
+                    f"unknown balance mode {self.mode!r}: use one of {', '.join(LOSS_MODES)} "
+                    f"or a rule of alflb.rules ({', '.join(_rules.available_rules())})"
+                ) from exc
+        for name in ("u", "seq_alpha") + (("alpha",) if self.alpha is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise InvalidInputError(f"{name} must be a finite non-negative number, got {v!r}")
+        if self.alpha is not None and mode not in _DEFAULT_ALPHA:
+            raise InvalidInputError(f"alpha applies to the loss modes {sorted(_DEFAULT_ALPHA)}, not {mode!r}")
+        if self.seq_alpha and mode in LOSS_MODES:
+            raise InvalidInputError("seq_alpha (the complementary loss) goes with a bias rule, not a loss mode")
+
+    @property
+    def rule_name(self) -> str | None:
+        """The :mod:`alflb.rules` name, or None for the loss modes and ``none``."""
+        return None if self.mode in LOSS_MODES else self.mode
+
+    @property
+    def loss_alpha(self) -> float:
+        """Coefficient of the mode's loss (0 for ``none`` and the rules)."""
+        if self.mode not in _DEFAULT_ALPHA:
+            return 0.0
+        return _DEFAULT_ALPHA[self.mode] if self.alpha is None else float(self.alpha)
+
+    def make_rule(self) -> _rules.UpdateRule | None:
+        """The update rule, with ``u`` passed when the rule (or its base) takes it."""
+        name = self.rule_name
+        if name is None:
+            return None
+        params = dict(self.rule_params)
+        probe = _rules.make_rule(name, **params)
+        takes_u = hasattr(probe, "u") or hasattr(getattr(probe, "base", None), "u")
+        if takes_u and "u" not in params:
+            params["u"] = self.u
+        return _rules.make_rule(name, **params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------ losses
+
+
+def router_probs(scores_TE: torch.Tensor) -> torch.Tensor:
+    """Per-token probabilities ``pi_ik = s_ik / sum_j s_ij`` (the identity for softmax)."""
+    return scores_TE / (scores_TE.sum(-1, keepdim=True) + 1e-20)  # (T, E)
+
+
+def switch_aux_loss(routing: RouterOutput, counts_E: torch.Tensor | None = None,
+                    n_counted: int | None = None) -> torch.Tensor:
+    r"""``E * sum_k f_k P_k`` of one layer (without alpha); 1 when perfectly balanced.
+
+    ``counts_E`` / ``n_counted`` (tokens) replace the micro-batch's own hard counts, as the
+    global-batch loss does.
+    """
+    scores_TE, topk_TK = routing.scores_TE, routing.topk_TK
+    T, E = scores_TE.shape
+    K = topk_TK.shape[1]
+    if counts_E is None:
+        counts_E = torch.bincount(topk_TK.reshape(-1), minlength=E)
+        n_counted = T
+    f_E = counts_E.to(torch.float32) / (K * n_counted)  # fraction of routed slots
+    P_E = router_probs(scores_TE).mean(0)  # (E,)
+    return E * (f_E * P_E).sum()
+
+
+def sequence_aux_loss(routing: RouterOutput) -> torch.Tensor:
+    """The same per sequence, averaged over the ``B`` sequences ([V3] eq. 17-20, without alpha)."""
+    scores_TE, topk_TK = routing.scores_TE, routing.topk_TK
+    T, E = scores_TE.shape
+    K = topk_TK.shape[1]
+    B = routing.batch_size
+    S = T // B
+    probs_BSE = router_probs(scores_TE).view(B, S, E)
+    P_BE = probs_BSE.mean(1)  # (B, E)
+    counts_BE = torch.zeros(B, E, device=scores_TE.device, dtype=torch.float32)
+    counts_BE.scatter_add_(1, topk_TK.view(B, S * K), torch.ones(B, S * K, device=scores_TE.device))
+    f_BE = counts_BE / (K * S)
+    return (E * (f_BE * P_BE).sum(-1)).mean()
+
+
+# ---------------------------------------------------------------------- balancer
+
+
+class Balancer:
+    """Applies one :class:`BalanceConfig` to a model during training.
+
+    Per optimiser step: :meth:`begin_step` (zero the counts), for every micro-batch
+    :meth:`loss` (the term to add to the language-model loss, 0 for pure rules), then
+    after ``optimizer.step()`` :meth:`end_step` (read the global-batch loads, run the rule,
+    write the new fp32 biases). :meth:`state_dict` holds the rule states for checkpoints
+    (tensors and ints only: ``torch.load(weights_only=True)`` reads it).
+    """
+
+    def __init__(self, cfg: BalanceConfig, model: DeepSeekMoE) -> None:
+        self.cfg = cfg
+        self.rule = cfg.make_rule()
+        routers = model.routers()
+        self.n_layers = len(routers)
+        E = model.cfg.n_routed_experts
+        self.n_experts, self.top_k = E, model.cfg.top_k
+        mul = self.rule is not None and (
+            isinstance(self.rule, _rules.MultiplicativeRule)
+            or isinstance(getattr(self.rule, "base", None), _rules.MultiplicativeRule)
+        )
+        for r in routers:
+            r.bias_mode = "mul" if mul else "add"
+        self.states: list[_rules.RuleState | None] = [None] * self.n_layers
+        self._scores: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
+        self._tokens = 0
+
+    def init_biases(self, model: DeepSeekMoE) -> None:
+        """Set every router's bias to the rule's starting bias (zeros; ones if multiplicative)."""
+        for i, r in enumerate(model.routers()):
+            start = self.rule.initial_bias(self.n_experts, like=r.expert_bias) if self.rule else None
+            with torch.no_grad():
+                r.expert_bias.copy_(start if start is not None else torch.zeros_like(r.expert_bias))
+            self.states[i] = self.rule.init_state(self.n_experts, like=r.expert_bias) if self.rule else None
+
+    def begin_step(self, model: DeepSeekMoE) -> None:
+        model.reset_loads()
+        self._scores = [[] for _ in range(self.n_layers)]
+        self._tokens = 0
+
+    def loss(self, routing: list[RouterOutput], model: DeepSeekMoE) -> torch.Tensor | None:
+        """The balancing loss of one micro-batch, summed over MoE layers (None if none)."""
+        n_tokens = routing[0].scores_TE.shape[0] if routing else 0
+        self._tokens += n_tokens
+        if self.rule is not None and self.rule.needs_scores:
+            for i, r in enumerate(routing):
+                self._scores[i].append(r.scores_TE.detach())
+        mode, alpha = self.cfg.mode, self.cfg.loss_alpha
+        terms: list[torch.Tensor] = []
+        if mode == "aux":
+            terms = [alpha * switch_aux_loss(r) for r in routing]
+        elif mode == "seq_aux":
+            terms = [alpha * sequence_aux_loss(r) for r in routing]
+        elif mode == "global_aux":
+            # The routers have counted this micro-batch already (counting happens in forward).
+            counts_LE = model.loads()
+            terms = [alpha * switch_aux_loss(r, counts_LE[i], self._tokens) for i, r in enumerate(routing)]
+        elif self.cfg.seq_alpha > 0:
+            terms = [self.cfg.seq_alpha * sequence_aux_loss(r) for r in routing]
+        return torch.stack(terms).sum() if terms else None
+
+    @torch.no_grad()
+    def end_step(self, model: DeepSeekMoE) -> torch.Tensor:
+        """Read the global-batch loads ``(L, E)``, update the biases, return the loads.
+
+        Counts are all-reduced over data-parallel ranks when ``torch.distributed`` is
+        initialised. Call after ``optimizer.step()``.
+        """
+        loads_LE = model.loads().clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(loads_LE)
+        if self.rule is not None:
+            n_tokens = int(loads_LE[0].sum()) // self.top_k
+            capacity_E = np.full(self.n_experts, self.top_k * n_tokens / self.n_experts)
+            for i, r in enumerate(model.routers()):
+                scores = torch.cat(self._scores[i]).cpu() if self.rule.needs_scores else None
+                if self.rule.needs_scores:
+                    scores = scores.double().numpy()
+                out = self.rule.update(r.expert_bias.clone(), loads_LE[i], capacity_E, self.states[i],
+                                       scores_TE=scores)
+                bias = out.bias_E if torch.is_tensor(out.bias_E) else torch.as_tensor(out.bias_E)
+                r.expert_bias.copy_(bias.to(torch.float32))
+                self.states[i] = out.state
+        model.reset_loads()
+        self._scores = [[] for _ in range(self.n_layers)]
+        self._tokens = 0
+        return loads_LE
+
+    def state_dict(self) -> dict[str, Any]:
+        states = [None if s is None else s.as_dict() for s in self.states]
+        return {"config": self.cfg.as_dict(), "states": states}
+
+    def load_state_dict(self, d: dict[str, Any], model: DeepSeekMoE) -> None:
+        states = d.get("states")
+        if not isinstance(states, list) or len(states) != self.n_layers:
+            from ..errors import CorruptFileError
+
+            raise CorruptFileError(f"balancer state holds {states!r}, expected {self.n_layers} layer states")
+        routers = model.routers()
+        self.states = [
+            None if s is None else _rules.RuleState.from_dict(s, like=routers[i].expert_bias)
+            for i, s in enumerate(states)
+        ]
