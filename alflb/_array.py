@@ -27,7 +27,11 @@ def to_numpy(x: Any, dtype=np.float64) -> np.ndarray:
         raise InvalidInputError("complex values are not supported: scores and biases must be real")
     if arr.dtype == object:
         raise InvalidInputError("input is not a numeric array (dtype=object)")
-    return arr.astype(dtype, copy=False) if dtype is not None else arr
+    if dtype is None:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise InvalidInputError(f"input must be numeric, got dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
 
 
 def check_scores(scores_TE: Any, name: str = "scores_TE") -> None:

@@ -45,12 +45,28 @@ __all__ = [
 ]
 
 
+def _check_problem(problem: Any) -> None:
+    if not isinstance(problem, AssignmentProblem):
+        raise InvalidInputError(f"problem must be an AssignmentProblem, got {type(problem).__name__}")
+
+
 def _bias64(problem: AssignmentProblem, bias_E: Any) -> np.ndarray:
+    _check_problem(problem)
     check_bias(bias_E, problem.n_experts)
     return to_numpy(bias_E, dtype=np.float64)
 
 
+def _finite(value: float, what: str) -> float:
+    """Refuse a sum that overflowed float64 rather than return inf/NaN as a value."""
+    if not np.isfinite(value):
+        raise InvalidInputError(
+            f"{what} overflows float64: the bias (or assignment) is too large in magnitude"
+        )
+    return float(value)
+
+
 def _assignment(problem: AssignmentProblem, assignment_TE: Any) -> np.ndarray:
+    _check_problem(problem)
     x = to_numpy(assignment_TE, dtype=np.float64)
     if x.shape != problem.scores_TE.shape:
         raise InvalidInputError(
@@ -78,8 +94,10 @@ def dual_function(problem: AssignmentProblem, bias_E: Any) -> float:
     (2.0, 1.0)
     """
     p = _bias64(problem, bias_E)
-    values = problem.scores_TE + p
-    return float(topk_sum(values, problem.k).sum() - problem.capacity_E @ p)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = problem.scores_TE + p
+        value = topk_sum(values, problem.k).sum() - problem.capacity_E @ p
+    return _finite(value, "g(p)")
 
 
 def dual_subgradient(problem: AssignmentProblem, bias_E: Any) -> np.ndarray:
@@ -99,13 +117,17 @@ def lagrangian(problem: AssignmentProblem, assignment_TE: Any, bias_E: Any) -> f
     """
     p = _bias64(problem, bias_E)
     x = _assignment(problem, assignment_TE)
-    return float(np.sum((problem.scores_TE + p) * x) - problem.capacity_E @ p)
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = np.sum((problem.scores_TE + p) * x) - problem.capacity_E @ p
+    return _finite(value, "Lag(x, p)")
 
 
 def primal_objective(problem: AssignmentProblem, assignment_TE: Any) -> float:
     """``sum_{i,k} gamma_ik x_ik`` (float64)."""
     x = _assignment(problem, assignment_TE)
-    return float(np.sum(problem.scores_TE * x))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = np.sum(problem.scores_TE * x)
+    return _finite(value, "gamma . x")
 
 
 def center_bias(bias_E: Any) -> Any:

@@ -52,6 +52,10 @@ def _loads(load_E: Any) -> np.ndarray:
         raise InvalidInputError("loads contain NaN or inf")
     if np.any(a < 0):
         raise InvalidInputError("loads must be non-negative token counts")
+    with np.errstate(over="ignore"):
+        total = a.sum(axis=-1)
+    if not np.all(np.isfinite(total)):
+        raise InvalidInputError("loads are too large: their sum overflows float64")
     return a
 
 
@@ -70,7 +74,15 @@ def max_violation(load_E: Any, capacity_E: Any = None) -> np.ndarray | float:
         c = _loads(capacity_E)
         if c.shape[-1] != a.shape[-1]:
             raise InvalidInputError(f"capacity_E has {c.shape[-1]} experts, loads have {a.shape[-1]}")
+        try:
+            np.broadcast_shapes(a.shape, c.shape)
+        except ValueError:
+            raise InvalidInputError(
+                f"capacity_E of shape {c.shape} does not broadcast against loads of shape {a.shape}"
+            ) from None
         pos = c > 0
+        if not np.all(pos.any(axis=-1)):
+            raise InvalidInputError("capacity_E has no positive entry: MaxVio relative to it is undefined")
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.where(pos, (a - c) / np.where(pos, c, 1.0), -np.inf)
         out = rel.max(axis=-1)

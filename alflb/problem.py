@@ -39,6 +39,12 @@ __all__ = ["AssignmentProblem", "balanced_capacity", "rounded_capacity"]
 
 CapacityKind = Literal["equal", "at_most"]
 
+# Largest score magnitude accepted. The exact machinery sums O(T E) biased scores in
+# float64 and the fast solver stores score differences in float32 (max ~3.4e38): beyond
+# this bound those sums overflow and a solver would return inf/NaN instead of an optimum.
+MAX_ABS_SCORE = 1e30
+_MAX_CAPACITY = 2**62
+
 
 def balanced_capacity(n_tokens: int, n_experts: int, k: int) -> np.ndarray:
     """Return the balanced capacity ``K*T/E`` for every expert, shape ``(E,)``, int64.
@@ -76,7 +82,8 @@ class AssignmentProblem:
     Parameters
     ----------
     scores_TE : array_like or torch.Tensor, shape (T, E)
-        Router affinities ``gamma``; converted to a read-only float64 numpy array.
+        Router affinities ``gamma``; converted to a read-only float64 numpy array. Finite,
+        with ``|gamma| <=`` :data:`MAX_ABS_SCORE` (``1e30``) so that no solver sum overflows.
     k : int
         Experts per token, ``1 <= k <= E-1``.
     capacity_E : array_like of int, shape (E,), optional
@@ -104,6 +111,13 @@ class AssignmentProblem:
         check_scores(self.scores_TE)
         scores = np.array(to_numpy(self.scores_TE), dtype=np.float64, copy=True)
         scores.setflags(write=False)
+        biggest = float(np.max(np.abs(scores)))
+        if biggest > MAX_ABS_SCORE:
+            raise InvalidInputError(
+                f"scores_TE entries must be at most {MAX_ABS_SCORE:g} in magnitude (got {biggest:g}): "
+                "the dual sums would overflow float64; rescale the scores (the optimum is "
+                "invariant to a positive scale)"
+            )
         n_tokens, n_experts = scores.shape
         if n_experts < 2:
             raise InvalidInputError(f"need at least 2 experts, got E={n_experts}")
@@ -141,6 +155,12 @@ class AssignmentProblem:
             raise InvalidInputError("capacity_E contains NaN or inf")
         if np.any(raw != np.round(raw)):
             raise InvalidInputError(f"capacity_E must be integers, got {raw.tolist()[:8]}...")
+        if np.any(np.abs(raw) > _MAX_CAPACITY):
+            # Larger values would wrap around in the int64 cast below.
+            raise InvalidInputError(
+                f"capacity_E entries must be at most {_MAX_CAPACITY:.0e} in magnitude, got "
+                f"{float(np.max(np.abs(raw))):g}"
+            )
         cap = raw.astype(np.int64)
         if np.any(cap < 0):
             raise InvalidInputError(f"capacity_E must be non-negative, got min {int(cap.min())}")

@@ -46,6 +46,17 @@ __all__ = [
 def biased_scores(scores_TE: Any, bias_E: Any = None) -> Any:
     """Return ``scores_TE + bias_E`` (broadcast over tokens), validating both."""
     check_scores(scores_TE)
+    # Lists, ints and bools become float64: top-K negates and subtracts the values, and an
+    # integer array would truncate a fractional bias.
+    if is_torch(scores_TE):
+        if not scores_TE.is_floating_point():
+            import torch
+
+            scores_TE = scores_TE.to(torch.float64)
+    else:
+        scores_TE = np.asarray(scores_TE)
+        if not np.issubdtype(scores_TE.dtype, np.floating):
+            scores_TE = scores_TE.astype(np.float64)
     if bias_E is None:
         return scores_TE
     check_bias(bias_E, scores_TE.shape[1])
@@ -54,10 +65,7 @@ def biased_scores(scores_TE: Any, bias_E: Any = None) -> Any:
 
         bias = bias_E if is_torch(bias_E) else torch.as_tensor(np.asarray(bias_E))
         return scores_TE + bias.to(device=scores_TE.device, dtype=scores_TE.dtype)
-    scores = np.asarray(scores_TE)
-    if not np.issubdtype(scores.dtype, np.floating):
-        scores = scores.astype(np.float64)
-    return scores + to_numpy(bias_E, dtype=scores.dtype)
+    return scores_TE + to_numpy(bias_E, dtype=scores_TE.dtype)
 
 
 def _topk_mask_numpy(values_TE: np.ndarray, k: int) -> np.ndarray:

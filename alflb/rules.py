@@ -391,7 +391,17 @@ class UpdateRule:
                 raise InvalidInputError(
                     f"scores_TE has E = {scores_TE.shape[1]} columns but bias_E has {n_experts} entries"
                 )
-        return self._update(bias_E, load, cap, state, scores_TE)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+            out = self._update(bias_E, load, cap, state, scores_TE)
+        new = out.bias_E
+        finite = bool(new.isfinite().all()) if is_torch(new) else bool(np.isfinite(new).all())
+        if not finite:
+            # A finite bias plus a finite step can still overflow: never hand back inf/NaN.
+            raise InvalidInputError(
+                f"rule {self.name!r}: the updated bias is not finite (the step or the bias is too "
+                "large in magnitude for float arithmetic)"
+            )
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         """``{"name": ..., **parameters}`` in plain JSON types (inverse: :func:`rule_from_dict`)."""

@@ -41,6 +41,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -181,8 +182,11 @@ def load_npz(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str,
     try:
         with np.load(path, allow_pickle=False) as data:
             out = {name: data[name] for name in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CorruptFileError(f"{path} is not a readable .npz file: {exc}") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError,
+            zlib.error) as exc:
+        # A damaged zip can fail in any of these layers (bad CRC, unknown compression
+        # method or version, corrupt deflate stream): all mean the file is not usable.
+        raise CorruptFileError(f"{path} is not a readable .npz file: {type(exc).__name__}: {exc}") from exc
     missing = [name for name in required if name not in out]
     if missing:
         raise CorruptFileError(f"{path} lacks the arrays {missing}; it holds {sorted(out)}")

@@ -79,9 +79,10 @@ from typing import Any
 import numpy as np
 
 from . import metrics as _metrics
+from ._array import to_numpy
 from ._kernels import fused_route
 from .comparators import COMPARATOR_ALIASES, COMPARATORS, expert_choice, sinkhorn_bias
-from .errors import CorruptFileError, InvalidInputError, UnknownNameError
+from .errors import CorruptFileError, InvalidInputError, RunFolderExistsError, UnknownNameError
 from .problem import balanced_capacity
 from .regret import (
     batch_dual,
@@ -100,6 +101,7 @@ from .runio import (
     read_json,
     save_npz_atomic,
 )
+from .solvers import available_methods
 from .streams import ScoreStream, make_stream
 
 __all__ = [
@@ -270,8 +272,23 @@ class SimulationConfig:
             ):
                 raise InvalidInputError(f"u must be a finite non-negative number, got {self.u!r}")
             object.__setattr__(self, "u", float(self.u))
-        if not (isinstance(self.sinkhorn_tau, (int, float)) and self.sinkhorn_tau > 0):
-            raise InvalidInputError(f"sinkhorn_tau must be > 0, got {self.sinkhorn_tau!r}")
+        if not (
+            isinstance(self.sinkhorn_tau, (int, float))
+            and not isinstance(self.sinkhorn_tau, bool)
+            and math.isfinite(self.sinkhorn_tau)
+            and self.sinkhorn_tau > 0
+        ):
+            raise InvalidInputError(f"sinkhorn_tau must be a finite number > 0, got {self.sinkhorn_tau!r}")
+        if not isinstance(self.solver, str) or self.solver not in available_methods():
+            raise UnknownNameError(
+                f"unknown solver {self.solver!r}; available: {', '.join(available_methods())}"
+            )
+        if not isinstance(self.stream_params, dict):
+            raise InvalidInputError(f"stream_params must be a dict, got {self.stream_params!r}")
+        if isinstance(self.policies, (str, bytes)) or not isinstance(self.policies, (tuple, list)):
+            raise InvalidInputError(
+                f"policies must be a tuple or list of rule/comparator names, got {self.policies!r}"
+            )
         balanced_capacity(self.n_tokens, self.n_experts, self.k)  # raises if K*T/E is fractional
         if self.pseudo_batches and self.stream == "trace":
             raise InvalidInputError("pseudo-regret needs a synthetic stream: a trace has no independent sample")
@@ -596,6 +613,9 @@ def run_policy(
     >>> run.load_NE.sum(axis=1).tolist(), run.bias_NE[0].tolist()
     ([8, 8, 8, 8, 8], [0.0, 0.0, 0.0, 0.0])
     """
+    scores_NTE = to_numpy(scores_NTE, dtype=None)  # refuses complex, object and ragged input
+    if not (np.issubdtype(scores_NTE.dtype, np.number) or scores_NTE.dtype == bool):
+        raise InvalidInputError(f"scores_NTE must be numeric, got dtype {scores_NTE.dtype}")
     scores_NTE = np.ascontiguousarray(scores_NTE)
     if scores_NTE.ndim != 3 or min(scores_NTE.shape) == 0:
         raise InvalidInputError(f"scores_NTE must be a non-empty (N, T, E) array, got {scores_NTE.shape}")
@@ -895,6 +915,11 @@ def _read_config(folder: Path) -> SimulationConfig:
 
 
 # --------------------------------------------------------------------------- entry point
+def _holds_foreign_files(path: Path) -> bool:
+    """A non-empty folder without the ``config.json`` every run folder starts with."""
+    return path.is_dir() and any(path.iterdir()) and not (path / "config.json").exists()
+
+
 def simulate(
     config: SimulationConfig,
     out: str | Path | None = None,
@@ -923,6 +948,11 @@ def simulate(
         raise InvalidInputError(f"config must be a SimulationConfig, got {type(config).__name__}")
     folder = None
     if out is not None:
+        if resume and _holds_foreign_files(Path(out)):
+            raise RunFolderExistsError(
+                f"cannot resume {out}: it holds files but no config.json, so it is not a "
+                "simulation run folder (use a new folder or overwrite=True)"
+            )
         folder = prepare_run_folder(out, resume=resume, overwrite=overwrite)
         if (folder / "config.json").exists():
             stored = _read_config(folder)

@@ -193,8 +193,14 @@ class ScoreStream:
         for start in range(0, n_steps, chunk_steps):
             stop = min(start + chunk_steps, n_steps)
             chunk = np.empty((stop - start, n_tokens, n_experts), dtype=np.float32)
-            for n in range(start, stop):
-                chunk[n - start] = self._step(n + step_offset, root, params, n_tokens, n_experts)
+            with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+                for n in range(start, stop):
+                    chunk[n - start] = self._step(n + step_offset, root, params, n_tokens, n_experts)
+            if not np.isfinite(chunk).all():
+                raise InvalidInputError(
+                    f"stream {self.name!r}: its parameters give non-finite float32 scores "
+                    f"(steps {start + step_offset}..{stop + step_offset - 1}); use smaller scales"
+                )
             yield chunk
 
     def as_dict(self) -> dict[str, Any]:

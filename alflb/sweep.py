@@ -110,6 +110,7 @@ import numpy as np
 from .errors import (
     AlflbError,
     InvalidInputError,
+    RunFolderExistsError,
     SolverError,
     SolverUnavailableError,
     UnknownNameError,
@@ -784,7 +785,8 @@ def run_sweep(
     Raises
     ------
     RunFolderExistsError
-        ``out`` holds results and neither ``resume`` nor ``overwrite`` is set.
+        ``out`` holds results and neither ``resume`` nor ``overwrite`` is set, or ``out``
+        holds files but no ``sweep.json`` (not a sweep folder: never written into).
     UnknownNameError
         ``executor`` is not one of :data:`EXECUTORS`.
     SolverUnavailableError
@@ -800,6 +802,13 @@ def run_sweep(
         isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1
     ):
         raise InvalidInputError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    target = Path(out)
+    if (resume and not overwrite and target.is_dir() and any(target.iterdir())
+            and not (target / "sweep.json").exists()):
+        raise RunFolderExistsError(
+            f"cannot resume {target}: it holds files but no sweep.json, so it is not a sweep "
+            "folder (use a new folder or overwrite=True)"
+        )
     folder = prepare_run_folder(out, resume=resume and not overwrite, overwrite=overwrite)
     (folder / "runs").mkdir(exist_ok=True)
     atomic_write_json(

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except AlflbError as exc:
+    except (AlflbError, FileNotFoundError) as exc:  # documented errors: one line, no traceback
         print(f"alflb {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

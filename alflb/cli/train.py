@@ -7,17 +7,22 @@ Examples::
     alflb train --preset small --balance aux --alpha 1e-3 --steps 600 --out runs/aux
     alflb train --preset small --balance frozen_tail --rule-param freeze_after=400 --out runs/ft
     alflb train --out runs/sign --steps 1200 --resume      # continue a run, bit-exact on CPU
+    torchrun --nproc_per_node 2 -m alflb train --preset tiny --out runs/ddp   # data parallel
+    alflb train --preset tiny --out runs/ddp --nproc 2     # the same with local CPU processes
 
 ``--balance`` takes ``none``, ``aux``, ``seq_aux``, ``global_aux`` or any rule of
 :mod:`alflb.rules`. With ``--resume`` the run's saved configuration is used; only
 ``--steps``, ``--device``, ``--trace-steps``, ``--eval-every`` and ``--checkpoint-every``
-may change.
+may change, and so may the number of processes. Ctrl-C stops after the current step with a
+checkpoint (exit status 130) and prints how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +94,56 @@ def add_parser(subparsers) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (gloo on CPU; default 1). "
+                        "Under torchrun leave it at 1: torchrun starts the processes")
+    p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a collective that waits longer fails the run (default 300)")
+    p.add_argument("--check-sync", action="store_true",
+                   help="verify after every step that all ranks hold the same biases and parameters")
     p.set_defaults(func=run)
+
+
+def _train_worker(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -> int:
+    """One rank of ``--nproc``: train, print the outcome on rank 0, return the exit status."""
+    from ..errors import AlflbError
+
+    try:
+        return _train_and_report(cfg, out, resume, overwrite, dist_cfg)
+    except AlflbError as exc:
+        print(f"alflb train: error (rank {os.environ.get('RANK', '0')}): {exc}", file=sys.stderr)
+        return 2
+
+
+def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -> int:
+    from ..model.train import TrainingInterrupted, train
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        result = train(cfg, out, resume=resume, overwrite=overwrite, distributed=dist_cfg)
+    except TrainingInterrupted as exc:
+        if main_rank:
+            print(f"alflb train: {exc}", file=sys.stderr)
+        return 130
+    if not main_rank:
+        return 0
+    ev = result.eval
+    print(f"run folder: {result.run_dir}")
+    print(f"steps {result.steps}  train loss {result.final_train_loss:.4f}  "
+          f"val loss {ev.loss:.4f}  val ppl {ev.ppl:.3f}  val bits/byte {ev.bpb:.4f}")
+    print(f"MaxVio_global {ev.maxvio_global:.4f} (per layer {', '.join(f'{v:.3f}' for v in ev.maxvio_global_L)})"
+          f"  mean MaxVio_batch {result.mean_maxvio_batch:.4f}"
+          "  [MaxVio = (max load - mean load) / mean load, averaged over MoE layers]")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from ..errors import InvalidInputError
     from ..model.balancing import BalanceConfig
-    from ..model.train import TrainConfig, load_run_config, train
+    from ..model.distributed import DistConfig, check_shardable, launch_local
+    from ..model.train import TrainConfig, load_run_config
 
     trace_steps = parse_steps(args.trace_steps) if args.trace_steps is not None else None
     changes: dict[str, Any] = {
@@ -124,12 +171,12 @@ def run(args: argparse.Namespace) -> int:
                 model_overrides["max_seq_len"] = args.seq_len
         cfg = TrainConfig.from_preset(args.preset, model_overrides=model_overrides, balance=balance,
                                       seed=args.seed, **extra, **changes)
-    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
-    ev = result.eval
-    print(f"run folder: {result.run_dir}")
-    print(f"steps {result.steps}  train loss {result.final_train_loss:.4f}  "
-          f"val loss {ev.loss:.4f}  val ppl {ev.ppl:.3f}  val bits/byte {ev.bpb:.4f}")
-    print(f"MaxVio_global {ev.maxvio_global:.4f} (per layer {', '.join(f'{v:.3f}' for v in ev.maxvio_global_L)})"
-          f"  mean MaxVio_batch {result.mean_maxvio_batch:.4f}"
-          "  [MaxVio = (max load - mean load) / mean load, averaged over MoE layers]")
-    return 0
+    dist_cfg = DistConfig(timeout_s=args.dist_timeout, check_sync=args.check_sync)
+    if args.nproc < 1:
+        raise InvalidInputError(f"--nproc must be a positive integer, got {args.nproc}")
+    if args.nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InvalidInputError("--nproc > 1 inside a torchrun worker: let torchrun start the processes")
+        check_shardable(cfg.batch_size, cfg.grad_accum, args.nproc)
+        return launch_local(args.nproc, _train_worker, (cfg, out, args.resume, args.overwrite, dist_cfg))
+    return _train_and_report(cfg, out, args.resume, args.overwrite, dist_cfg)

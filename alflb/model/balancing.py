@@ -21,9 +21,9 @@ Modes (``BalanceConfig.mode``):
     ``alpha = 1e-4`` by default ([V3]).
 ``global_aux``
     Global-batch loss [Q]: ``f_k`` from the counts summed over the micro-batches of the
-    optimiser step so far (Megatron-core's implementation: the running count, which
-    equals the global-batch count at the last micro-batch), ``P_k`` from the current
-    micro-batch; ``alpha = 1e-3`` by default.
+    optimiser step so far and over data-parallel ranks (Megatron-core's implementation:
+    the running count, which equals the global-batch count at the last micro-batch),
+    ``P_k`` from the current micro-batch; ``alpha = 1e-3`` by default.
 any rule of :mod:`alflb.rules` (``sign``, ``centred``, ``uniform``, ``decay``, ``momentum``,
 ``multiplicative``, ``frozen_tail``, ``quantile``, ...)
     The bias update. Loads are counted over the whole global batch (every micro-batch of
@@ -236,23 +236,31 @@ class Balancer:
         elif mode == "seq_aux":
             terms = [alpha * sequence_aux_loss(r) for r in routing]
         elif mode == "global_aux":
-            # The routers have counted this micro-batch already (counting happens in forward).
-            counts_LE = model.loads()
-            terms = [alpha * switch_aux_loss(r, counts_LE[i], self._tokens) for i, r in enumerate(routing)]
+            # The routers have counted this micro-batch already (counting happens in forward);
+            # with data parallelism the running counts are summed over ranks (one all-reduce).
+            from .distributed import global_running_counts
+
+            counts_LE, n_counted = global_running_counts(model.loads(), self._tokens)
+            terms = [alpha * switch_aux_loss(r, counts_LE[i], n_counted) for i, r in enumerate(routing)]
         elif self.cfg.seq_alpha > 0:
             terms = [self.cfg.seq_alpha * sequence_aux_loss(r) for r in routing]
         return torch.stack(terms).sum() if terms else None
 
     @torch.no_grad()
-    def end_step(self, model: DeepSeekMoE) -> torch.Tensor:
+    def end_step(self, model: DeepSeekMoE, loads_LE: torch.Tensor | None = None) -> torch.Tensor:
         """Read the global-batch loads ``(L, E)``, update the biases, return the loads.
 
         Counts are all-reduced over data-parallel ranks when ``torch.distributed`` is
-        initialised. Call after ``optimizer.step()``.
+        initialised, unless ``loads_LE`` passes the global-batch counts already reduced
+        (the trainer folds them into its one reduction per step). Call after
+        ``optimizer.step()``.
         """
-        loads_LE = model.loads().clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(loads_LE)
+        if loads_LE is not None:
+            loads_LE = loads_LE.clone()
+        else:
+            loads_LE = model.loads().clone()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(loads_LE)
         if self.rule is not None:
             n_tokens = int(loads_LE[0].sum()) // self.top_k
             capacity_E = np.full(self.n_experts, self.top_k * n_tokens / self.n_experts)

@@ -127,7 +127,8 @@ def load_corpus(path: str | os.PathLike | None = None, val_fraction: float = 0.0
     val_fraction : float
         Share of files (folder) or of bytes (single file) held out, in ``(0, 1)``.
     """
-    if not 0 < val_fraction < 1:
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+            or not 0 < val_fraction < 1):
         raise InvalidInputError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     default = path is None
     root = default_corpus_path() if default else Path(path)

@@ -25,8 +25,8 @@ Run folder
     The :class:`TrainConfig`, the corpus description, parameter counts.
 ``metrics.csv``
     One row per optimiser step: ``step, lr, loss, lm_loss, balance_loss, grad_norm,
-    maxvio_batch, maxvio_batch_layer{b}...``, timings, and at evaluation steps
-    ``val_loss, val_ppl, val_bpb, maxvio_global, maxvio_global_layer{b}...`` (``b`` is
+    maxvio_batch, maxvio_batch_layer{b}..., maxvio_computation_batch``, timings, and at
+    evaluation steps ``val_loss, val_ppl, val_bpb, maxvio_global, maxvio_global_layer{b}...`` (``b`` is
     the block index of the MoE layer).
 ``loads.csv``, ``biases.csv``
     One row per step and MoE layer: the global-batch loads ``A_k`` / the biases after the
@@ -38,6 +38,14 @@ Run folder
     format, replayable with ``alflb simulate --trace``.
 ``loss.png``, ``maxvio.png``
     Curves.
+
+``maxvio_computation_batch`` is the MaxVio of one micro-batch (on one rank: Wang et al.'s
+computation batch), averaged over the micro-batches (of rank 0) and the MoE layers.
+
+Data parallelism (``torchrun --nproc_per_node N -m alflb train ...``): every rank trains on
+its shard of the same global batch, the loads are all-reduced once per step, rank 0 alone
+writes the run folder; see :mod:`alflb.model.distributed`. An interrupt (SIGINT) stops
+every rank after the same step and saves a checkpoint (:class:`TrainingInterrupted`).
 
 Resume (``resume=True``) restores model, optimiser, biases, rule states, RNG states and
 the data position from the latest checkpoint and truncates the logs to it: on CPU the
@@ -76,9 +84,27 @@ from .balancing import BalanceConfig, Balancer
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig, get_preset
 from .data import BatchSampler, load_corpus, validation_windows
+from .distributed import (
+    DistConfig,
+    DistContext,
+    StopRequest,
+    backward_guard,
+    check_replicated,
+    check_shardable,
+    evaluate_sharded,
+    gather_tokens,
+    reduce_step,
+    setup_distributed,
+    shard_batch,
+    sync_context,
+    teardown_distributed,
+    wrap_model,
+)
 from .transformer import DeepSeekMoE, MoELayer
 
-__all__ = ["TRAIN_PRESETS", "EvalResult", "TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = [
+    "TRAIN_PRESETS", "EvalResult", "TrainConfig", "TrainResult", "TrainingInterrupted", "evaluate", "train",
+]
 
 
 # ------------------------------------------------------------------------ config
@@ -435,18 +461,60 @@ class TrainResult:
     config: TrainConfig
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :func:`train` after an interrupt (SIGINT): the step finished and was checkpointed."""
+
+    def __init__(self, step: int, run_dir: Path, checkpoint: Path | None) -> None:
+        self.step, self.run_dir, self.checkpoint = step, run_dir, checkpoint
+        super().__init__(
+            f"interrupted after step {step}; checkpoint {checkpoint}; "
+            f"resume with: alflb train --out {run_dir} --resume"
+        )
+
+
+class _NullLog:
+    """The logs of ranks other than 0: they write nothing."""
+
+    def write(self, row) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, distributed: DistConfig | None = None) -> TrainResult:
     """Train (or resume) one run into ``out_dir`` and return its final evaluation.
 
     ``stop_after`` ends this call after that optimiser step, as an interruption would (the
     schedule still runs to ``cfg.steps``; a later ``resume=True`` call continues). Raises :class:`~alflb.errors.RunFolderExistsError` when ``out_dir`` holds a run
     and neither ``resume`` nor ``overwrite`` is set.
+
+    Launched by ``torchrun`` (``WORLD_SIZE > 1`` in the environment), every rank calls
+    this function and trains on its shard of each global batch
+    (:mod:`alflb.model.distributed`, settings in ``distributed``). A SIGINT stops every
+    rank after the same step, saves a checkpoint, and raises :class:`TrainingInterrupted`.
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    ctx = setup_distributed(device, distributed)
+    try:
+        check_shardable(cfg.batch_size, cfg.grad_accum, ctx.world_size)
+        with StopRequest(announce=ctx.is_main) as stop_request:
+            return _train(cfg, Path(out_dir), resume, overwrite, stop_after, ctx,
+                          distributed or DistConfig(), stop_request, t_start)
+    finally:
+        teardown_distributed(ctx)
+
+
+def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, stop_after: int | None,
+           ctx: DistContext, dist_cfg: DistConfig, stop_request: StopRequest, t_start: float) -> TrainResult:
+    device, main = ctx.device, ctx.is_main
     corpus = load_corpus(cfg.corpus, cfg.val_fraction)  # a bad corpus fails before any folder is made
-    run_dir = prepare_run_folder(out_dir, resume=resume, overwrite=overwrite)
+    run_dir = ctx.on_main(lambda: prepare_run_folder(out_dir, resume=resume, overwrite=overwrite))
     ckpt_dir = run_dir / "checkpoints"
     ckpt_path = latest_checkpoint(ckpt_dir) if resume and ckpt_dir.exists() else None
 
@@ -464,6 +532,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
         balancer.load_state_dict(ckpt["balancer"], model)
         _set_rng_state(ckpt["rng"])
         start = int(ckpt.get("data_position", ckpt["step"]))
+    net = wrap_model(model, ctx)  # DDP on several ranks (gradients averaged), else the model
 
     sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.seq_len, cfg.seed)
     val = validation_windows(corpus.val, cfg.seq_len, cfg.eval_windows)
@@ -472,35 +541,42 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
         "train_config": cfg.as_dict(),
         "corpus": corpus.describe(),
         "device": str(device),
+        "world_size": ctx.world_size,
         "parameters": model.num_parameters(),
         "activated_parameters": model.num_parameters(activated=True),
         "moe_blocks": blocks,
         "maxvio_definition": "(max_k A_k - mean_k A_k) / mean_k A_k per MoE layer; reported values average over layers",
         "torch": torch.__version__,
     }
-    atomic_write_json(run_dir / "config.json", info)
+    if main:
+        atomic_write_json(run_dir / "config.json", info)
 
     resume_step = start if ckpt_path is not None else None
     header = (["step", "lr", "loss", "lm_loss", "balance_loss", "grad_norm", "maxvio_batch"]
-              + [f"maxvio_batch_layer{b}" for b in blocks]
+              + [f"maxvio_batch_layer{b}" for b in blocks] + ["maxvio_computation_batch"]
               + ["tokens_per_s", "elapsed_s", "val_loss", "val_ppl", "val_bpb", "maxvio_global"]
               + [f"maxvio_global_layer{b}" for b in blocks])
     E = cfg.model.n_routed_experts
     expert_cols = [f"e{k}" for k in range(E)]
-    metrics = _CsvLog(run_dir / "metrics.csv", header, resume_step)
-    loads_log = _CsvLog(run_dir / "loads.csv", ["step", "layer", *expert_cols], resume_step)
-    bias_log = _CsvLog(run_dir / "biases.csv", ["step", "layer", *expert_cols], resume_step)
+    if main:
+        metrics = _CsvLog(run_dir / "metrics.csv", header, resume_step)
+        loads_log = _CsvLog(run_dir / "loads.csv", ["step", "layer", *expert_cols], resume_step)
+        bias_log = _CsvLog(run_dir / "biases.csv", ["step", "layer", *expert_cols], resume_step)
+    else:
+        metrics = loads_log = bias_log = _NullLog()
     tracer = _TraceRecorder(run_dir / "traces", cfg.model.top_k, cfg.model.score_func, blocks)
-    if cfg.trace_steps:
+    if cfg.trace_steps and main:
         (run_dir / "traces").mkdir(exist_ok=True)
         tracer.restore(start)
+    ctx.barrier("the barrier after opening the run folder")
 
-    history = [r["maxvio_batch"] for r in read_metrics(run_dir)] if resume_step else []
+    history = [r["maxvio_batch"] for r in read_metrics(run_dir) if r["step"] <= start] if resume_step else []
     last_eval: EvalResult | None = None
     last_loss = float("nan")
-    mb = cfg.micro_batch_size
+    n_micro = cfg.grad_accum * ctx.world_size  # micro-batches of the global batch, all ranks
+    mb = cfg.batch_size // n_micro
     end = cfg.steps if stop_after is None else max(start, min(cfg.steps, stop_after))
-    bar = _progress(range(start, end), cfg.progress, start, cfg.steps)
+    bar = _progress(range(start, end), cfg.progress and main, start, cfg.steps)
     try:
         for step in bar:
             t0 = time.perf_counter()
@@ -508,19 +584,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
             balancer.begin_step(model)
             traced = (step + 1) in cfg.trace_steps
             bias_before_LE = model.biases().cpu().numpy() if traced else None
-            x_all, y_all = sampler.batch(step)  # (B, T) each
+            x_all, y_all = sampler.batch(step)  # (B, T) each, the global batch
+            x_all, y_all = shard_batch(x_all, ctx.rank, ctx.world_size), shard_batch(y_all, ctx.rank, ctx.world_size)
             lm_sum, bal_sum = 0.0, 0.0
             scores_parts: list[list[torch.Tensor]] = [[] for _ in blocks]
+            micro_loads: list[torch.Tensor] = []  # (L, E) per micro-batch of this rank
             for m in range(cfg.grad_accum):
                 x = x_all[m * mb:(m + 1) * mb].to(device, non_blocking=True)
                 y = y_all[m * mb:(m + 1) * mb].to(device, non_blocking=True)
-                with _autocast(device):
-                    out = model(x, y)
-                bal = balancer.loss(out.routing, model)
-                loss = out.loss if bal is None else out.loss + bal
-                (loss / cfg.grad_accum).backward()
+                last = m == cfg.grad_accum - 1  # DDP all-reduces the gradients in this backward
+                with sync_context(net, last):
+                    with _autocast(device):
+                        out = net(x, y)
+                    bal = balancer.loss(out.routing, model)
+                    loss = out.loss if bal is None else out.loss + bal
+                    with backward_guard(ctx, last):
+                        (loss / cfg.grad_accum).backward()
                 lm_sum += float(out.loss.detach())
                 bal_sum += 0.0 if bal is None else float(bal.detach())
+                micro_loads.append(torch.stack([torch.bincount(r.topk_TK.reshape(-1), minlength=E)
+                                                for r in out.routing]))
                 if traced:
                     for i, r in enumerate(out.routing):
                         scores_parts[i].append(r.scores_TE.detach().float().cpu())
@@ -531,17 +614,24 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
                          if cfg.grad_clip > 0 else torch.tensor(float("nan")))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loads_LE = balancer.end_step(model).cpu().numpy()  # bias update, outside autograd
+            # One reduction of the step: the (L, E) counts of every layer, the loss sums and
+            # the stop flag; then the bias update, outside autograd, identical on every rank.
+            step_loads_LE, (lm_sum, bal_sum), stop = reduce_step(
+                ctx, model.loads(), [lm_sum, bal_sum], stop_request.requested)
+            loads_LE = balancer.end_step(model, loads_LE=step_loads_LE).cpu().numpy()
             done = step + 1
+            if dist_cfg.check_sync:
+                check_replicated(ctx, model, model.biases(), done)
 
             maxvio_L = np.atleast_1d(max_violation(loads_LE))
             history.append(float(maxvio_L.mean()))
-            last_loss = lm_sum / cfg.grad_accum
+            last_loss = lm_sum / n_micro
             dt = time.perf_counter() - t0
             row: dict[str, Any] = {
-                "step": done, "lr": lr, "loss": last_loss + bal_sum / cfg.grad_accum, "lm_loss": last_loss,
-                "balance_loss": bal_sum / cfg.grad_accum, "grad_norm": float(grad_norm),
+                "step": done, "lr": lr, "loss": last_loss + bal_sum / n_micro, "lm_loss": last_loss,
+                "balance_loss": bal_sum / n_micro, "grad_norm": float(grad_norm),
                 "maxvio_batch": float(maxvio_L.mean()), "tokens_per_s": cfg.tokens_per_step / dt,
+                "maxvio_computation_batch": float(np.mean(max_violation(torch.stack(micro_loads).cpu().numpy()))),
                 "elapsed_s": time.perf_counter() - t_start,
             }
             row.update({f"maxvio_batch_layer{b}": float(v) for b, v in zip(blocks, maxvio_L)})
@@ -550,36 +640,45 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
                 loads_log.write([done, b, *load_E.tolist()])
                 bias_log.write([done, b, *[float(v) for v in bias_E]])
             if traced:
-                scores_LTE = np.stack([torch.cat(p).numpy() for p in scores_parts])
+                scores_LTE = gather_tokens(ctx, torch.stack([torch.cat(p) for p in scores_parts])).numpy()
                 if cfg.trace_max_tokens is not None:
                     scores_LTE = scores_LTE[:, : cfg.trace_max_tokens]
-                tracer.add(done, scores_LTE.astype(np.float32), bias_before_LE.astype(np.float32), loads_LE)
+                if main:
+                    tracer.add(done, scores_LTE.astype(np.float32), bias_before_LE.astype(np.float32), loads_LE)
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                last_eval = evaluate(model, val, cfg.eval_batch_size, device)
+                last_eval = evaluate_sharded(evaluate, model, val, cfg.eval_batch_size, device, ctx)
                 row.update(val_loss=last_eval.loss, val_ppl=last_eval.ppl, val_bpb=last_eval.bpb,
                            maxvio_global=last_eval.maxvio_global)
                 row.update({f"maxvio_global_layer{b}": float(v) for b, v in zip(blocks, last_eval.maxvio_global_L)})
             metrics.write(row)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                for log in (metrics, loads_log, bias_log):
-                    log.flush()
-                tracer.flush()
-                save_checkpoint(ckpt_dir, {
-                    "step": done, "data_position": done,  # batch n is drawn from (seed, n)
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "balancer": balancer.state_dict(), "rng": _rng_state(), "train_config": cfg.as_dict(),
-                }, keep=cfg.keep_checkpoints)
+            saved = None
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
+                if main:
+                    for log in (metrics, loads_log, bias_log):
+                        log.flush()
+                    tracer.flush()
+                    saved = save_checkpoint(ckpt_dir, {
+                        "step": done, "data_position": done,  # batch n is drawn from (seed, n)
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "balancer": balancer.state_dict(), "rng": _rng_state(), "train_config": cfg.as_dict(),
+                        "world_size": ctx.world_size,
+                    }, keep=cfg.keep_checkpoints)
+                ctx.barrier("the barrier after the checkpoint")
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{last_loss:.3f}", maxvio=f"{maxvio_L.mean():.2f}")
+            if stop:
+                raise TrainingInterrupted(done, run_dir, saved or latest_checkpoint(ckpt_dir))
     finally:
         for log in (metrics, loads_log, bias_log):
             log.close()
-    tracer.flush()
+    if main:
+        tracer.flush()
     if last_eval is None:  # nothing left to do (resumed a finished run): evaluate once
-        last_eval = evaluate(model, val, cfg.eval_batch_size, device)
+        last_eval = evaluate_sharded(evaluate, model, val, cfg.eval_batch_size, device, ctx)
         rows = read_metrics(run_dir)
         last_loss = rows[-1]["lm_loss"] if rows else float("nan")
-    write_plots(run_dir)
+    if main:
+        write_plots(run_dir)
     return TrainResult(run_dir, end, float(last_loss), last_eval,
                        float(np.mean(history)) if history else float("nan"),
                        time.perf_counter() - t_start, cfg)

@@ -139,6 +139,9 @@ def repair_from_bias(
     at_most = problem.capacity_kind == "at_most"
     cap_E = problem.capacity_E.astype(np.int64)
     start_E = np.asarray(bias_E, dtype=np.float64)
+    if start_E.shape != (n_experts,) or not np.isfinite(start_E).all():
+        # The numba kernels below do no bounds or NaN checks: a bad start must stop here.
+        raise SolverError(f"the starting bias is not a finite (E,) vector: {start_E!r}")
     if at_most:
         p_E, x_TE, margin_T, scale = _at_most_start(scores, problem.k, cap_E, start_E)
         p_V = np.append(p_E, 0.0)

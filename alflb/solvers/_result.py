@@ -219,6 +219,8 @@ def certify(
     """
     if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
         raise InvalidInputError(f"rtol must be in (0, 1), got {rtol!r}")
+    if not isinstance(problem, AssignmentProblem):
+        raise InvalidInputError(f"problem must be an AssignmentProblem, got {type(problem).__name__}")
     x_raw = _check_assignment(problem, assignment_TE)
     check_bias(bias_E, problem.n_experts)
     p_E = to_numpy(bias_E, dtype=np.float64)
@@ -229,8 +231,11 @@ def certify(
     at_most = problem.capacity_kind == "at_most"
 
     xf = x_raw if x_TE is None else x_TE
-    row_T = np.asarray(xf).sum(axis=1)
-    load_E = np.asarray(xf).sum(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        row_T = np.asarray(xf).sum(axis=1)
+        load_E = np.asarray(xf).sum(axis=0)
+    if not (np.isfinite(row_T).all() and np.isfinite(load_E).all()):
+        raise InvalidInputError("assignment_TE is too large: its row or column sums overflow float64")
     row_violation = int(np.ceil(np.max(np.abs(row_T - k))))
     col = load_E - cap_E
     column_violation = int(np.ceil(np.max(col) if at_most else np.max(np.abs(col))))
@@ -246,13 +251,22 @@ def certify(
         worst = float(viol_T.max())
         n_bad = int(np.count_nonzero(viol_T > tol))
     else:
-        objective, topk_total, magnitude, worst, n_bad, tol = _certify_sums_numpy(
-            scores_TE, xf, x_TE, p_E, k, rtol
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below
+            objective, topk_total, magnitude, worst, n_bad, tol = _certify_sums_numpy(
+                scores_TE, xf, x_TE, p_E, k, rtol
+            )
+    with np.errstate(over="ignore", invalid="ignore"):
+        dual_value = topk_total - float(cap_E @ p_E)
+        gap = dual_value - objective
+        scale = max(1.0, magnitude + float(np.abs(cap_E) @ np.abs(p_E)))
+        relative_gap = gap / scale
+    if not np.isfinite([objective, dual_value, relative_gap]).all():
+        # A certificate of inf/NaN figures would certify nothing: refuse the inputs instead.
+        raise InvalidInputError(
+            "the certificate's sums overflow float64: the bias or the assignment is too large "
+            f"in magnitude (max |p| = {float(np.max(np.abs(p_E))):g}, "
+            f"max |x| = {float(np.max(np.abs(np.asarray(xf, dtype=np.float64)))):g})"
         )
-    dual_value = topk_total - float(cap_E @ p_E)
-    gap = dual_value - objective
-    scale = max(1.0, magnitude + float(np.abs(cap_E) @ np.abs(p_E)))
-    relative_gap = gap / scale
     if at_most:
         slack_E = load_E < cap_E
         dual_bad = max(float(np.max(p_E)), float(np.max(np.abs(p_E[slack_E]), initial=0.0)))
