@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, RunFolderExistsError
 from ..metrics import max_violation
 from ..runio import (
     atomic_write_bytes,
@@ -166,8 +166,16 @@ class TrainConfig:
             raise InvalidInputError("the model has no MoE layer: n_dense_layers must be < n_layers")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise InvalidInputError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise InvalidInputError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        # `not x >= 0` also rejects NaN, which every comparison calls false.
+        if not (self.warmup_steps >= 0 and self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise InvalidInputError(
+                "warmup_steps, weight_decay and grad_clip must be finite and >= 0, got "
+                f"{self.warmup_steps}, {self.weight_decay}, {self.grad_clip}"
+            )
+        if not (math.isfinite(self.weight_decay) and math.isfinite(self.grad_clip)):
+            raise InvalidInputError(
+                f"weight_decay and grad_clip must be finite, got {self.weight_decay}, {self.grad_clip}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         steps = tuple(int(s) for s in self.trace_steps)
@@ -419,6 +427,7 @@ def write_plots(run_dir: str | Path) -> list[Path]:
         ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="validation")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("cross-entropy (nats / byte)")
+    ax.set_title("Language-model loss", fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     out.append(_save_fig(fig, run_dir / "loss.png"))
@@ -428,7 +437,8 @@ def write_plots(run_dir: str | Path) -> list[Path]:
     if ev:
         ax.plot([r["step"] for r in ev], [r["maxvio_global"] for r in ev], "o-", label="MaxVio_global (validation)")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("MaxVio = (max load - mean) / mean, mean over MoE layers")
+    ax.set_ylabel("MaxVio (fraction of the mean load)")
+    ax.set_title("MaxVio = (max load - mean) / mean, averaged over MoE layers", fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     out.append(_save_fig(fig, run_dir / "maxvio.png"))
@@ -517,6 +527,15 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, stop_
     run_dir = ctx.on_main(lambda: prepare_run_folder(out_dir, resume=resume, overwrite=overwrite))
     ckpt_dir = run_dir / "checkpoints"
     ckpt_path = latest_checkpoint(ckpt_dir) if resume and ckpt_dir.exists() else None
+    if resume and ckpt_path is None and any(run_dir.iterdir()):
+        # Nothing to resume from: only a run of this very configuration that died before its
+        # first checkpoint may be restarted here; anything else is somebody else's folder.
+        if not (run_dir / "config.json").exists():
+            raise RunFolderExistsError(
+                f"{run_dir} holds files but no training run (no config.json, no checkpoint): "
+                "refusing to resume into it; choose a new folder or pass overwrite"
+            )
+        _check_resumable(load_run_config(run_dir), cfg)
 
     torch.manual_seed(cfg.seed)
     model = DeepSeekMoE(cfg.model).to(device)
