@@ -133,6 +133,9 @@ def _fused_route_py(scores_TE, bias_E, k, write_topk, topk_TK, load_CE, value_C)
                 else:
                     need = k - m
                     filled = 0
+                    # Sorted insertion written out here on purpose: the same loop moved into
+                    # an inlined helper (shared with the solver kernels) ran this kernel at
+                    # half the speed (0.36 -> 0.72 ms per 4096x64 step).
                     for q in range(n_b):
                         e = bucket_BE[b, q]
                         v = row_E[e]
