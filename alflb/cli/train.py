@@ -95,7 +95,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes on this machine (gloo on CPU; default 1). "
+                   help="local data-parallel processes (gloo on CPU; default 1). "
                         "Under torchrun leave it at 1: torchrun starts the processes")
     p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="a collective that waits longer fails the run (default 300)")
