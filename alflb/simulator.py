@@ -510,10 +510,13 @@ def _run_rule(rule: UpdateRule, scores_NTE, k, cap, record_t1, progress) -> dict
         scores_TE = scores_NTE[n]
         out["bias_NE"][n] = bias
         if additive:
-            load, value, _ = fused_route(scores_TE, bias, k)
+            load, value, topk_TK = fused_route(scores_TE, bias, k, return_topk=record_t1)
             f = value - cap_f @ bias
             out["f_N"][n] = f
-            out["objective_N"][n] = value - bias @ load
+            if record_t1:  # gamma . x^n from the chosen experts themselves (used by T1 below)
+                out["objective_N"][n] = np.take_along_axis(scores_TE, topk_TK, axis=1).sum(dtype=np.float64)
+            else:
+                out["objective_N"][n] = value - bias @ load
         else:
             sel = rule.selection_scores(scores_TE, bias)
             load, _, topk_TK = fused_route(sel, np.zeros(n_experts), k, return_topk=True)
@@ -525,7 +528,9 @@ def _run_rule(rule: UpdateRule, scores_NTE, k, cap, record_t1, progress) -> dict
             _, value_new, _ = fused_route(scores_TE, new_bias, k)
             imbalance = (new_bias - bias) @ (cap_f - load)
             out["imbalance_N"][n] = imbalance
-            out["switching_N"][n] = (value_new - cap_f @ new_bias) - f + imbalance
+            # sum_i b_i^{n+1}: the best biased value at p^{n+1} minus that of batch n's routing
+            # x^n at p^{n+1}, computed directly (not from the T1 identity, which it checks).
+            out["switching_N"][n] = value_new - (out["objective_N"][n] + new_bias @ load)
         bias, state = new_bias, upd.state
         if n % _TICK == _TICK - 1:
             progress.update(_TICK)

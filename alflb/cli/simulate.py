@@ -51,7 +51,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokens", type=int, default=None, help="T, tokens per batch (default 512; trace: its T)")
     p.add_argument("--experts", type=int, default=None, help="E, experts (default 16; trace: its E)")
     p.add_argument("--k", type=int, default=2, help="K, experts per token (default 2)")
-    p.add_argument("--seeds", type=int, default=3, help="S, independent streams (default 3)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="S, independent streams (default 3; 1 with --trace, whose scores are data)")
     p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
     p.add_argument("--u", type=float, default=None,
                    help="step u for every rule that has one and was not given one (rule default 1e-3)")
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         n_tokens=sizes["tokens"],
         n_experts=sizes["experts"],
         k=args.k,
-        n_seeds=args.seeds,
+        n_seeds=args.seeds if args.seeds is not None else (1 if args.trace else 3),
         seed=args.seed,
         u=args.u,
         record_t1=not args.no_t1,

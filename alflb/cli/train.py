@@ -101,7 +101,8 @@ def add_parser(subparsers) -> None:
                    help="a collective that waits longer fails the run (default 300)")
     p.add_argument("--check-sync", action="store_true",
                    help="verify after every step that all ranks hold the same biases and parameters")
-    p.set_defaults(func=run)
+    # the defaults, to tell which flags a --resume call would ignore
+    p.set_defaults(func=run, train_defaults={a.dest: a.default for a in p._actions})
 
 
 def _train_worker(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -> int:
@@ -156,6 +157,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.resume and (out / "config.json").exists():
         cfg = dataclasses.replace(load_run_config(out), **changes)
+        ignored = [f"--{name.replace('_', '-')}" for name in (
+            "balance", "u", "alpha", "seq_alpha", "batch_size", "grad_accum", "seq_len", "lr", "corpus")
+            if getattr(args, name, None) not in (None, args.train_defaults.get(name))]
+        if ignored:
+            print(f"note: resuming {out} with its saved configuration; ignored: {', '.join(ignored)}",
+                  file=sys.stderr)
     else:
         balance = BalanceConfig(mode=args.balance, u=args.u, alpha=args.alpha, seq_alpha=args.seq_alpha,
                                 rule_params=dict(args.rule_param))

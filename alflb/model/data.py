@@ -16,7 +16,7 @@ Corpus
   skipped), binary files (a NUL byte in the first 8 KiB) skipped.
 
 Files of a folder go to validation by a hash of their relative path:
-``sha256(path) / 2**256 < val_fraction`` (at least one file each way), so the split
+``(first 8 bytes of sha256(path)) / 2**64 < val_fraction`` (at least one file each way), so the split
 does not depend on the file order or on other files. Files are joined with a blank line.
 
 Errors (:class:`~alflb.errors.InvalidInputError`, message pinned in the tests): a

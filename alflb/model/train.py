@@ -143,7 +143,7 @@ class TrainConfig:
     checkpoint_every: int = 20  # steps between checkpoints (the last step always)
     keep_checkpoints: int = 2
     trace_steps: tuple[int, ...] = ()  # steps (1-based) whose router scores go to traces/
-    trace_max_tokens: int | None = None  # cap on traced tokens per step (None: the global batch)
+    trace_max_tokens: int | None = None  # cap on traced tokens per step (None: the global batch); the trace keeps the whole batch's loads
     seed: int = 0  # model init and data order
     device: str = "auto"  # auto | cpu | cuda
     corpus: str | None = None  # text file or folder; None: the stdlib's *.py
@@ -176,6 +176,10 @@ class TrainConfig:
             raise InvalidInputError(
                 f"weight_decay and grad_clip must be finite, got {self.weight_decay}, {self.grad_clip}"
             )
+        if self.trace_max_tokens is not None and not (
+            isinstance(self.trace_max_tokens, int) and self.trace_max_tokens >= 1
+        ):
+            raise InvalidInputError(f"trace_max_tokens must be None or an integer >= 1, got {self.trace_max_tokens!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, got {self.device!r}")
         steps = tuple(int(s) for s in self.trace_steps)
@@ -513,6 +517,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     ctx = setup_distributed(device, distributed)
     try:
         check_shardable(cfg.batch_size, cfg.grad_accum, ctx.world_size)
+        rule = cfg.balance.make_rule()
+        if ctx.world_size > 1 and rule is not None and rule.needs_scores:
+            raise InvalidInputError(
+                f"the {rule.name!r} rule needs the router scores of the whole global batch, which "
+                "data-parallel ranks do not gather; train it in one process"
+            )
         with StopRequest(announce=ctx.is_main) as stop_request:
             return _train(cfg, Path(out_dir), resume, overwrite, stop_after, ctx,
                           distributed or DistConfig(), stop_request, t_start)

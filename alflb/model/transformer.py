@@ -284,7 +284,12 @@ class Router(nn.Module):
         return out
 
     def counting(self) -> bool:
-        """Whether this forward counts loads: training mode with autograd recording."""
+        """Whether this forward counts loads: training mode with autograd recording.
+
+        Evaluation and ``torch.no_grad`` passes (which is how re-entrant activation
+        checkpointing recomputes) count nothing. Non-re-entrant checkpointing recomputes
+        with autograd on and would count twice; the trainer uses no checkpointing.
+        """
         return self.training and torch.is_grad_enabled()
 
     def reset_load_count(self) -> None:
