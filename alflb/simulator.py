@@ -83,7 +83,7 @@ from ._array import to_numpy
 from ._kernels import fused_route
 from .comparators import COMPARATOR_ALIASES, COMPARATORS, expert_choice, sinkhorn_bias
 from .errors import CorruptFileError, InvalidInputError, RunFolderExistsError, UnknownNameError
-from .problem import balanced_capacity
+from .problem import AssignmentProblem, balanced_capacity
 from .regret import (
     batch_dual,
     batch_optima,
@@ -633,10 +633,9 @@ def run_policy(
     _n_steps, n_tokens, n_experts = scores_NTE.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n_experts:
         raise InvalidInputError(f"k must be an integer in 1..E-1 = {n_experts - 1}, got {k!r}")
+    # The problem's own checks: integer, non-negative, each <= T, summing to K*T.
     cap = (balanced_capacity(n_tokens, n_experts, k) if capacity_E is None
-           else np.asarray(capacity_E, dtype=np.int64))
-    if cap.shape != (n_experts,) or int(cap.sum()) != k * n_tokens:
-        raise InvalidInputError(f"capacity_E must be (E,) integers summing to K*T = {k * n_tokens}")
+           else AssignmentProblem._check_capacity(capacity_E, n_tokens, n_experts, k, "equal"))
     progress = _Progress(0, False)
     start = time.perf_counter()
     if isinstance(policy, UpdateRule):
