@@ -15,17 +15,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError
+from ._args import key_value
 
 DEFAULTS = {"steps": 500, "tokens": 512, "experts": 16}
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    from ..simulator import _parse_value
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value.strip())
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +35,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--stream", default="gaussian",
                    help="score stream: gaussian, skewed, clustered, drifting, bursty, adversarial, fixed")
-    p.add_argument("--stream-param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+    p.add_argument("--stream-param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="a stream parameter, repeatable (e.g. --stream-param zipf_s=1.0)")
     p.add_argument("--rules", default="none,sign,centred,decay",
                    help="comma-separated rules/comparators (default none,sign,centred,decay)")

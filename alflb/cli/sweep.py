@@ -17,17 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._args import key_value
+
 # Short names accepted in --grid, matching the size options of this command.
 GRID_ALIASES = {"steps": "n_steps", "tokens": "n_tokens", "experts": "n_experts"}
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    from ..simulator import _parse_value
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value.strip())
 
 
 def add_parser(subparsers) -> None:
@@ -47,7 +40,7 @@ def add_parser(subparsers) -> None:
                    help="a grid field and its values, repeatable (e.g. --grid u=0.001,0.01)")
     p.add_argument("--stream", default="gaussian",
                    help="score stream (default gaussian) unless the grid sets it")
-    p.add_argument("--stream-param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+    p.add_argument("--stream-param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="a stream parameter, repeatable")
     p.add_argument("--rules", default="none,sign,centred,decay",
                    help="comma-separated rules/comparators, each a row of the summary")
