@@ -98,6 +98,7 @@ __all__ = [
     "NoUpdateRule",
     "PerExpertRule",
     "QuantileRule",
+    "RuleCapabilities",
     "RuleState",
     "RuleUpdate",
     "SignRule",
@@ -303,11 +304,37 @@ class RuleUpdate:
 
 # --------------------------------------------------------------------------- base class
 @dataclass(frozen=True)
+class RuleCapabilities:
+    """What a rule declares about itself (see :meth:`UpdateRule.capabilities`)."""
+
+    selection: str  # "add": top-K of scores + bias; "mul": top-K of scores * bias
+    step_param: str | None  # the name of the step-size field, None if the rule has none
+    needs_scores: bool  # the update reads the batch's scores (quantile)
+
+
+@dataclass(frozen=True)
 class UpdateRule:
     """Base class of the update rules (see the module docstring for the mathematics)."""
 
     name: ClassVar[str] = "base"
+    # Capabilities, declared by each class and read through :meth:`capabilities` (never
+    # discovered by probing a rule): whether the update needs the batch's scores; how
+    # selection combines scores and bias ("add": scores + bias, "mul": scores * bias);
+    # the name of the step-size field (None: no step size).
     needs_scores: ClassVar[bool] = False
+    selection: ClassVar[str] = "add"
+    step_param: ClassVar[str | None] = None
+
+    def capabilities(self) -> RuleCapabilities:
+        """What this rule declares: selection mode, step parameter, needs of scores."""
+        return RuleCapabilities(selection=self.selection, step_param=self.step_param,
+                                needs_scores=self.needs_scores)
+
+    def with_step(self, value: float) -> UpdateRule:
+        """A copy with its step-size field set to ``value`` (the rule itself if it has none)."""
+        if self.step_param is None:
+            return self
+        return dataclasses.replace(self, **{self.step_param: value})
 
     # ---- interface
     def initial_bias(self, n_experts: int, like: Any = None) -> Any:
@@ -468,6 +495,7 @@ class SignRule(UpdateRule):
     u: float = 1e-3
     schedule: Schedule | None = None
     name: ClassVar[str] = "sign"
+    step_param: ClassVar[str | None] = "u"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "u", check_step(self.u, "u"))
@@ -515,6 +543,7 @@ class PerExpertRule(UpdateRule):
 
     eps_E: tuple[float, ...] = ()
     name: ClassVar[str] = "per_expert"
+    step_param: ClassVar[str | None] = "eps_E"
 
     def __post_init__(self) -> None:
         raw = self.eps_E
@@ -554,6 +583,7 @@ class UniformRule(UpdateRule):
     normalize: bool = True
     schedule: Schedule | None = None
     name: ClassVar[str] = "uniform"
+    step_param: ClassVar[str | None] = "eps"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", check_step(self.eps, "eps"))
@@ -598,6 +628,7 @@ class DecayRule(UpdateRule):
     n0: float = 1.0
     normalize: bool = True
     name: ClassVar[str] = "decay"
+    step_param: ClassVar[str | None] = "a"
 
     def __post_init__(self) -> None:
         sched = DecaySchedule(a=self.a, n0=self.n0)
@@ -638,6 +669,8 @@ class MultiplicativeRule(UpdateRule):
 
     u: float = 1e-3
     name: ClassVar[str] = "multiplicative"
+    selection: ClassVar[str] = "mul"
+    step_param: ClassVar[str | None] = "u"
 
     def __post_init__(self) -> None:
         u = check_step(self.u, "u")
@@ -673,6 +706,15 @@ class FrozenTailRule(UpdateRule):
     base: UpdateRule = field(default_factory=SignRule)
     freeze_after: int = 0
     name: ClassVar[str] = "frozen_tail"
+
+
+    def capabilities(self) -> RuleCapabilities:
+        """The base rule's capabilities: the freeze changes when it steps, not how."""
+        return self.base.capabilities()
+
+    def with_step(self, value: float) -> FrozenTailRule:
+        """A copy whose base rule has its step-size field set to ``value``."""
+        return dataclasses.replace(self, base=self.base.with_step(value))
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, UpdateRule) or isinstance(self.base, FrozenTailRule):
@@ -728,6 +770,7 @@ class MomentumRule(UpdateRule):
     tau: float = 0.1
     center: bool = True
     name: ClassVar[str] = "momentum"
+    step_param: ClassVar[str | None] = "u"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "u", check_step(self.u, "u"))

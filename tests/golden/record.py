@@ -3,8 +3,10 @@
 The library's behaviour is pinned by running a fixed set of seeded commands through the
 command line (a fresh process each, as a user runs them) and reducing every result file
 to a digest of its *numbers*: each array of an ``.npz`` or checkpoint by dtype, shape and
-bytes; each CSV by its parsed cells, leaving out the columns that measure wall time; each
-JSON by its content, leaving out paths, timings and versions. ``tests/test_golden.py``
+bytes; each CSV by its cells (numbers at six significant digits), leaving out the columns
+that measure wall time; each JSON by its content, leaving out paths, timings and versions.
+Text reports (``.txt``, ``.md``) are presentation and are left out: their numbers are the
+CSVs'. ``tests/test_golden.py``
 recomputes the digests and asserts that they are identical, so a refactor that changes a
 single bit of a result fails and names the file (and the array or column) that moved.
 
@@ -102,6 +104,16 @@ def _json_digest(text: str):
     return cleaned if len(dumped) < 4000 else _h(dumped.encode())
 
 
+def _cell(text: str) -> str:
+    """A CSV cell as a number at 6 significant digits (the coarsest float format the
+    project's CSV writers have used), so that a change of float format alone is not a
+    change of behaviour; arrays (``.npz``, checkpoints) are compared bit for bit."""
+    try:
+        return format(float(text), ".6g")
+    except ValueError:
+        return text
+
+
 def _csv_digests(text: str) -> dict[str, str]:
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
@@ -111,7 +123,7 @@ def _csv_digests(text: str) -> dict[str, str]:
     for j, name in enumerate(header):
         if name in VOLATILE_COLUMNS:
             continue
-        out[name] = _h("\x1f".join(r[j] if j < len(r) else "" for r in body).encode())
+        out[name] = _h("\x1f".join(_cell(r[j] if j < len(r) else "") for r in body).encode())
     return out
 
 
@@ -161,8 +173,6 @@ def folder_digests(folder: Path) -> dict[str, object]:
             out[rel] = _csv_digests(path.read_text())
         elif path.suffix == ".json":
             out[rel] = _json_digest(path.read_text())
-        elif path.suffix in {".txt", ".md"}:
-            out[rel] = _h(path.read_bytes())
     return out
 
 

@@ -34,14 +34,14 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import metrics as _metrics
-from .errors import InvalidInputError
-from .runio import atomic_write_bytes
+from .. import metrics as _metrics
+from ..errors import InvalidInputError
+from ..runio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-    from .simulator import SimulationResult
+    from ..simulator import SimulationResult
 
 __all__ = [
     "plot_bias_trajectories",
