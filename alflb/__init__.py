@@ -7,38 +7,39 @@ simulators with regret, and a DeepSeekMoE model whose router feeds the same metr
 
 Sign convention: the router adds the bias, ``scores + bias``; an overloaded expert's
 bias goes down.
+
+The public names below are re-exported lazily (PEP 562): ``import alflb`` loads none of
+numpy's heavier neighbours (scipy.stats, numba, torch) until a name that needs them is
+first used, so the command line and a notebook's first cell start quickly.
 """
 
-from .duality import center_bias, dual_function, dual_subgradient, lagrangian, primal_objective
-from .errors import (
-    AlflbError,
-    ConvergenceWarning,
-    CorruptFileError,
-    InfeasibleProblemError,
-    InvalidInputError,
-    RunFolderExistsError,
-    SolverError,
-    SolverUnavailableError,
-    UnknownNameError,
-)
-from .metrics import imbalance_summary, max_violation
-from .problem import AssignmentProblem, balanced_capacity, rounded_capacity
-from .routing import biased_scores, expert_load, route_topk, routing_margin, topk_indices, topk_sum
-from .rules import RuleState, RuleUpdate, UpdateRule, available_rules, make_rule
-from .simulator import SimulationConfig, SimulationResult, simulate
-from .solvers import (
-    Certificate,
-    SolveResult,
-    available_methods,
-    bias_from_assignment,
-    certify,
-    solve,
-)
-from .streams import available_streams, make_stream
-from .sweep import SweepConfig, SweepResult, run_sweep
-from .traces import Trace, load_trace, save_trace
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("center_bias", "dual_function", "dual_subgradient", "lagrangian",
+                     "primal_objective"), ".duality"),
+    **dict.fromkeys(("AlflbError", "ConvergenceWarning", "CorruptFileError",
+                     "InfeasibleProblemError", "InvalidInputError", "RunFolderExistsError",
+                     "SolverError", "SolverUnavailableError", "UnknownNameError"), ".errors"),
+    **dict.fromkeys(("imbalance_summary", "max_violation"), ".metrics"),
+    **dict.fromkeys(("AssignmentProblem", "balanced_capacity", "rounded_capacity"), ".problem"),
+    **dict.fromkeys(("biased_scores", "expert_load", "route_topk", "routing_margin",
+                     "topk_indices", "topk_sum"), ".routing"),
+    **dict.fromkeys(("RuleState", "RuleUpdate", "UpdateRule", "available_rules", "make_rule"),
+                    ".rules"),
+    **dict.fromkeys(("SimulationConfig", "SimulationResult", "simulate"), ".simulator"),
+    **dict.fromkeys(("Certificate", "SolveResult", "available_methods", "bias_from_assignment",
+                     "certify", "solve"), ".solvers"),
+    **dict.fromkeys(("available_streams", "make_stream"), ".streams"),
+    **dict.fromkeys(("SweepConfig", "SweepResult", "run_sweep"), ".sweep"),
+    **dict.fromkeys(("Trace", "TraceRecorder", "load_trace", "save_trace"), ".traces"),
+}
 
 __all__ = [
     "AlflbError",
@@ -59,6 +60,7 @@ __all__ = [
     "SweepConfig",
     "SweepResult",
     "Trace",
+    "TraceRecorder",
     "UnknownNameError",
     "UpdateRule",
     "__version__",
@@ -90,3 +92,62 @@ __all__ = [
     "topk_indices",
     "topk_sum",
 ]
+
+
+# subpackages and modules reachable as attributes (``alflb.rules.SignRule``) without an import
+_SUBMODULES = frozenset({"comparators", "duality", "errors", "metrics", "model", "plots",
+                         "problem", "regret", "routing", "rules", "schedules", "simulator",
+                         "solvers", "streams", "sweep", "traces", "runio"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alflb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .duality import center_bias, dual_function, dual_subgradient, lagrangian, primal_objective
+    from .errors import (
+        AlflbError,
+        ConvergenceWarning,
+        CorruptFileError,
+        InfeasibleProblemError,
+        InvalidInputError,
+        RunFolderExistsError,
+        SolverError,
+        SolverUnavailableError,
+        UnknownNameError,
+    )
+    from .metrics import imbalance_summary, max_violation
+    from .problem import AssignmentProblem, balanced_capacity, rounded_capacity
+    from .routing import (
+        biased_scores,
+        expert_load,
+        route_topk,
+        routing_margin,
+        topk_indices,
+        topk_sum,
+    )
+    from .rules import RuleState, RuleUpdate, UpdateRule, available_rules, make_rule
+    from .simulator import SimulationConfig, SimulationResult, simulate
+    from .solvers import (
+        Certificate,
+        SolveResult,
+        available_methods,
+        bias_from_assignment,
+        certify,
+        solve,
+    )
+    from .streams import available_streams, make_stream
+    from .sweep import SweepConfig, SweepResult, run_sweep
+    from .traces import Trace, TraceRecorder, load_trace, save_trace
