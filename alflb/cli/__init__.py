@@ -52,9 +52,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (AlflbError, FileNotFoundError) as exc:  # documented errors: one line, no traceback
-        print(f"alflb {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except AlflbError as exc:  # documented errors: one line, no traceback
+        return _fail(args.command, str(exc))
+    except OSError as exc:  # the operating system refused: say what, on which path
+        return _fail(args.command, os_error_message(exc))
+    except MemoryError:
+        return _fail(args.command, "not enough memory for this input: use smaller sizes "
+                     "(--tokens, --steps, --experts) or a machine with more memory")
     except KeyboardInterrupt:
         print(f"alflb {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"alflb {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an error the operating system reported: what failed, on which path."""
+    what = exc.strerror or type(exc).__name__
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    if isinstance(exc, PermissionError):
+        hint = ": check the permissions of that path, or choose another"
+    elif isinstance(exc, FileNotFoundError):
+        hint = ": check the path"
+    elif getattr(exc, "errno", None) == 28:  # ENOSPC
+        hint = ": free space on that disk, or write elsewhere"
+    else:
+        hint = ""
+    return f"{what}{f' ({where})' if where else ''}{hint}"
