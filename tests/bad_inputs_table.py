@@ -151,7 +151,7 @@ def _train(ctx, cfg, folder, **kw):
 
 
 def _demo():
-    return importlib.import_module("alflb.demo")
+    return importlib.import_module("alflb.cli.demo_report")
 
 
 def _tiny_sweep():
@@ -443,7 +443,7 @@ CASES: list[Case] = [
          lambda ctx: (_train(ctx, _train_cfg(ctx, steps=1), ctx.tmp_path / "t"),
                       _train(ctx, _train_cfg(ctx, steps=2, lr=1e-2), ctx.tmp_path / "t", resume=True)),
          InvalidInputError, r"cannot resume: the configuration differs from the checkpoint's in \['lr'\]"),
-    Case("folder-demo", "run folders", "alflb.demo.run_demo(config, out)", "out already holds files",
+    Case("folder-demo", "run folders", "alflb.cli.demo_report.run_demo(config, out)", "out already holds files",
          lambda ctx: _demo().run_demo(_demo().DemoConfig.quick(), _full_folder(ctx), log=None),
          RunFolderExistsError, r"already holds results"),
 ]

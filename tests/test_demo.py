@@ -10,7 +10,7 @@ import pytest
 
 from alflb import RunFolderExistsError
 from alflb.cli import main
-from alflb.demo import DemoConfig, run_demo
+from alflb.cli.demo_report import DemoConfig, run_demo
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,9 @@ def _fail(command: str, message: str) -> int:
 
 def os_error_message(exc: OSError) -> str:
     """One line for an error the operating system reported: what failed, on which path."""
-    what = exc.strerror or type(exc).__name__
+    if exc.strerror is None:  # raised by alflb itself with its own message
+        return str(exc) or type(exc).__name__
+    what = exc.strerror
     where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
     if isinstance(exc, PermissionError):
         hint = ": check the permissions of that path, or choose another"

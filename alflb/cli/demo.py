@@ -1,4 +1,4 @@
-"""``alflb demo``: the end-to-end tour, written to a report folder (see :mod:`alflb.demo`)."""
+"""``alflb demo``: the end-to-end tour, written to a report folder (see :mod:`alflb.cli.demo_report`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from .demo_report import DemoConfig, run_demo
 
     config = (DemoConfig.quick if args.quick else DemoConfig)(seed=args.seed, progress=not args.quiet)
     out = args.out or time.strftime("reports/demo-%Y%m%d-%H%M%S")

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .runio import atomic_write_json, atomic_write_text, prepare_run_folder
+from ..errors import InvalidInputError
+from ..runio import atomic_write_json, atomic_write_text, prepare_run_folder
 
 __all__ = ["DemoConfig", "DemoReport", "run_demo"]
 
@@ -173,10 +173,10 @@ def _stage_exact(cfg: DemoConfig, folder: Path) -> tuple[str, dict[str, Any], li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .duality import center_bias, dual_function
-    from .problem import AssignmentProblem
-    from .routing import expert_load, route_topk
-    from .solvers import solve
+    from ..duality import center_bias, dual_function
+    from ..problem import AssignmentProblem
+    from ..routing import expert_load, route_topk
+    from ..solvers import solve
 
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,)))
     t, e, k = cfg.solve_tokens, cfg.solve_experts, cfg.solve_k
@@ -275,8 +275,8 @@ def _summary_table(result) -> str:
 
 
 def _stage_online(cfg: DemoConfig, folder: Path) -> tuple[str, dict[str, Any], list[Path]]:
-    from .plots import save_summary_figure
-    from .simulator import SimulationConfig, simulate
+    from ..plots import save_summary_figure
+    from ..simulator import SimulationConfig, simulate
 
     sim_cfg = SimulationConfig(
         stream=cfg.sim_stream, policies=cfg.sim_policies, n_steps=cfg.sim_steps,
@@ -308,10 +308,10 @@ def _stage_online(cfg: DemoConfig, folder: Path) -> tuple[str, dict[str, Any], l
 
 
 def _stage_model(cfg: DemoConfig, folder: Path) -> tuple[str, dict[str, Any], list[Path]]:
-    from .model import BalanceConfig, TrainConfig, train
-    from .plots import save_summary_figure
-    from .simulator import SimulationConfig, simulate
-    from .traces import load_trace
+    from ..model import BalanceConfig, TrainConfig, train
+    from ..plots import save_summary_figure
+    from ..simulator import SimulationConfig, simulate
+    from ..traces import load_trace
 
     trace_steps = tuple(range(cfg.trace_every, cfg.train_steps + 1, cfg.trace_every))
     train_cfg = TrainConfig.from_preset(
