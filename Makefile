@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.alflb-installed
 
-.PHONY: demo test test-thorough lint bench env clean
+.PHONY: demo test test-thorough lint bench docs env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,17 @@ test-thorough: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check alflb proofs_check simulations benchmarks tests
 
+# The documentation site (API reference from the docstrings, theory, errors, the notebooks
+# executed as a gallery) into site/; `make docs` installs the docs extra first.
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --quiet
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/solvers.py
 	$(BIN)/python benchmarks/simulator.py
 	$(BIN)/python benchmarks/moe_layer.py
+	$(BIN)/python benchmarks/import_time.py
 
 clean:
 	rm -rf $(VENV)
