@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     config = (DemoConfig.quick if args.quick else DemoConfig)(seed=args.seed, progress=not args.quiet)
     out = args.out or time.strftime("reports/demo-%Y%m%d-%H%M%S")
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    report = run_demo(config, out, overwrite=args.overwrite, stages=stages)
+    flags = [f"--seed {args.seed}"] + (["--quick"] if args.quick else [])
+    flags += [f"--stages {args.stages}"] if args.stages else []
+    report = run_demo(config, out, overwrite=args.overwrite, stages=stages,
+                      command="alflb demo " + " ".join(flags))
     print(f"report written to {report.html} (and {report.markdown.name}, {len(report.figures)} figures) "
           f"in {report.seconds:.0f} s")
     return 0
