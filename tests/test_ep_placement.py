@@ -161,3 +161,17 @@ def test_node_limited_validation():
         node_limited_scores(np.zeros((1, 4)), None, [0, 1, 2, 3], k=2, max_nodes=1)
     with pytest.raises(InvalidInputError, match="node_of_expert_E"):
         node_limited_scores(np.zeros((1, 4)), None, [0, 1], k=1, max_nodes=1)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_exact_matches_brute_force_without_replicas(seed):
+    rng = np.random.default_rng(seed)
+    loads = rng.integers(0, 30, size=6)
+    best = min(
+        max(sum(loads[k] for k in range(6) if ranks[k] == j) for j in range(3))
+        for ranks in itertools.product(range(3), repeat=6)
+        if max(np.bincount(ranks, minlength=3)) <= 2
+    )
+    x = exact(loads, n_ranks=3, slots_per_rank=2)
+    assert x.status == "optimal"
+    np.testing.assert_allclose(x.objective, best, rtol=1e-9)

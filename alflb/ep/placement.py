@@ -103,7 +103,8 @@ class Placement:
             raise InvalidInputError("every expert needs at least one replica")
         if np.any(s[~h] != 0) or np.any(s < -1e-12):
             raise InvalidInputError("share_ER must be non-negative and 0 where no replica is hosted")
-        np.testing.assert_allclose(s.sum(axis=1), 1.0, atol=1e-9, err_msg="share_ER rows must sum to 1")
+        if not np.all(np.abs(s.sum(axis=1) - 1.0) <= 1e-9):
+            raise InvalidInputError("share_ER rows must sum to 1 (every token of an expert is served)")
         if h.shape[1] % self.n_nodes:
             raise InvalidInputError(f"{h.shape[1]} ranks do not split into {self.n_nodes} equal nodes")
         object.__setattr__(self, "hosted_ER", h)

@@ -101,9 +101,8 @@ class TimeModel:
             finite_float(getattr(self, name), name, minimum=0.0, strict=True)
         for name in ("intra_latency_s", "inter_latency_s"):
             finite_float(getattr(self, name), name, minimum=0.0)
-        finite_float(self.efficiency, "efficiency", minimum=0.0, maximum=1.0, strict=False)
-        if self.efficiency <= 0:
-            raise InvalidInputError(f"efficiency must be > 0, got {self.efficiency}")
+        finite_float(self.efficiency, "efficiency", minimum=0.0, strict=True)
+        finite_float(self.efficiency, "efficiency", maximum=1.0)
         if self.comm_dim is not None:
             positive_int(self.comm_dim, "comm_dim", maximum=self.hidden)
 
