@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import alflb.ep.timing as timing
 from alflb.ep import (
+    Placement,
     TimeModel,
     compare_placements,
     contiguous,
@@ -168,3 +172,30 @@ def test_validation():
         TimeModel(comm_dim=10**6)
     with pytest.raises(InvalidInputError, match="small sizes"):
         compare_placements(np.ones((2, 40)), 4)
+
+
+def test_columns_over_layers():
+    rng = np.random.default_rng(3)
+    load_LNE = rng.integers(0, 300, size=(2, 3, 8)).astype(float)
+    p = contiguous(8, 4)
+    cols = ep_columns(load_LNE, [p, p])
+    one = [ep_columns(load_LNE[i], p) for i in range(2)]
+    np.testing.assert_allclose(cols["ep_step_time_s"], one[0]["ep_step_time_s"] + one[1]["ep_step_time_s"])
+    np.testing.assert_allclose(cols["ep_overload_factor"],
+                               (one[0]["ep_overload_factor"] + one[1]["ep_overload_factor"]) / 2)
+    with pytest.raises(InvalidInputError, match="placements"):
+        ep_columns(load_LNE, [p])
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.float64, 8, elements=st.floats(0, 2000, allow_nan=False)), st.permutations(range(8)),
+       st.integers(0, 7), st.floats(1, 500))
+def test_expert_relabelling_invariance_and_monotonicity(load, perm, k, extra):
+    p = contiguous(8, 4, 2)
+    base = step_time(load, p)
+    perm = np.asarray(perm)
+    relabelled = Placement("perm", p.hosted_ER[perm], p.share_ER[perm], p.n_nodes, p.slots_per_rank)
+    np.testing.assert_allclose(step_time(load[perm], relabelled).total_s, base.total_s, rtol=1e-12)
+    more = load.copy()
+    more[k] += extra
+    assert step_time(more, p).total_s >= base.total_s - 1e-15

@@ -16,6 +16,7 @@ experts split each batch's tokens optimally among their replicas (:func:`redistr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,7 +62,8 @@ def _loads_NE(load_NE: Any) -> np.ndarray:
     return a
 
 
-def ep_columns(load_NE: Any, placement: Placement, model: TimeModel | None = None,
+def ep_columns(load_NE: Any, placement: Placement | Sequence[Placement],
+               model: TimeModel | None = None,
                redistribute_tokens: bool = True) -> dict[str, np.ndarray]:
     """Per-step expert-parallel columns, each of shape ``(N,)``.
 
@@ -70,12 +72,33 @@ def ep_columns(load_NE: Any, placement: Placement, model: TimeModel | None = Non
     replicated expert's tokens per batch (:func:`redistribute`); otherwise the
     placement's fixed shares are used.
 
+    ``load_LNE`` of shape ``(L, N, E)`` (every MoE layer) takes one placement for all
+    layers or one per layer; the step time is then the sum over layers (layers run one
+    after another), the other columns are means over layers, and the time lost is that
+    of the summed times.
+
     >>> from alflb.ep import contiguous
     >>> cols = ep_columns([[2, 2, 2, 2], [4, 0, 4, 0]], contiguous(4, 2))
     >>> cols["ep_overload_factor"].tolist()
     [1.0, 1.0]
+    >>> ep_columns(np.ones((3, 2, 4)), contiguous(4, 2))["ep_time_lost_pct"].tolist()
+    [0.0, 0.0]
     """
-    a = _loads_NE(load_NE)
+    arr = to_numpy(load_NE, dtype=np.float64)
+    if arr.ndim == 3:
+        places = [placement] * arr.shape[0] if isinstance(placement, Placement) else list(placement)
+        if len(places) != arr.shape[0]:
+            raise InvalidInputError(f"{arr.shape[0]} layers need {arr.shape[0]} placements, got {len(places)}")
+        per = [ep_columns(arr[i], places[i], model, redistribute_tokens) for i in range(arr.shape[0])]
+        out = {key: np.mean([c[key] for c in per], axis=0) for key in per[0]}
+        out["ep_step_time_s"] = np.sum([c["ep_step_time_s"] for c in per], axis=0)
+        out["ep_balanced_time_s"] = np.sum([c["ep_balanced_time_s"] for c in per], axis=0)
+        t, tb = out["ep_step_time_s"], out["ep_balanced_time_s"]
+        out["ep_time_lost_pct"] = np.where(tb > 0, 100.0 * (t / np.where(tb > 0, tb, 1.0) - 1.0), 0.0)
+        return out
+    if not isinstance(placement, Placement):
+        raise InvalidInputError("one layer of loads takes one Placement")
+    a = _loads_NE(arr)
     if a.shape[1] != placement.n_experts:
         raise InvalidInputError(f"loads have {a.shape[1]} experts, the placement {placement.n_experts}")
     replicated = placement.n_replicas > placement.n_experts and redistribute_tokens
