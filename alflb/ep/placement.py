@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .._array import to_numpy
-from .._validate import finite_float, positive_int
+from .._validate import choice, finite_float, positive_int
 from ..errors import ConvergenceWarning, InvalidInputError, SolverError
 
 __all__ = [
@@ -340,8 +340,6 @@ def make_placement(method: str, history_load: Any, n_ranks: int, n_nodes: int = 
     >>> make_placement("round_robin", [1, 1, 1, 1], n_ranks=2).method
     'round_robin'
     """
-    from .._validate import choice
-
     choice(method, "placement", PLACEMENTS)
     a = _history(history_load, "history_load")
     if method == "contiguous":
