@@ -175,3 +175,17 @@ def test_exact_matches_brute_force_without_replicas(seed):
     x = exact(loads, n_ranks=3, slots_per_rank=2)
     assert x.status == "optimal"
     np.testing.assert_allclose(x.objective, best, rtol=1e-9)
+
+
+def test_node_limited_numpy_torch_parity():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    scores = rng.random((64, 12))
+    scores[:, 5] = scores[:, 4]  # ties inside a node
+    bias = rng.normal(0, 0.2, 12)
+    nodes = np.repeat(np.arange(4), 3)
+    want = node_limited_topk(scores, bias, nodes, 4, 2)
+    got = node_limited_topk(torch.as_tensor(scores), torch.as_tensor(bias), nodes, 4, 2)
+    np.testing.assert_array_equal(got.numpy(), want)
+    masked = node_limited_scores(torch.as_tensor(scores), torch.as_tensor(bias), nodes, 4, 2)
+    np.testing.assert_array_equal(masked.numpy(), node_limited_scores(scores, bias, nodes, 4, 2))

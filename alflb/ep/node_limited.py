@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import to_numpy
+from .._array import is_torch, to_numpy
 from .._validate import positive_int
 from ..errors import InvalidInputError
 from ..routing import biased_scores
@@ -61,10 +61,14 @@ def node_limited_scores(scores_TE: Any, bias_E: Any, node_of_expert_E: Any, k: i
     k, max_nodes : int
         Experts per token ``K`` and nodes per token ``M``.
 
+    Numpy in, numpy out (float64); a torch tensor in, a tensor out on its device.
+
     >>> s = np.array([[0.9, 0.8, 0.1, 0.7]])
     >>> node_limited_scores(s, None, [0, 0, 1, 1], k=2, max_nodes=1).tolist()
     [[0.9, 0.8, -inf, -inf]]
     """
+    if is_torch(scores_TE):
+        return _node_limited_scores_torch(scores_TE, bias_E, node_of_expert_E, k, max_nodes)
     values = np.array(biased_scores(np.asarray(scores_TE), None if bias_E is None else np.asarray(bias_E)),
                       dtype=np.float64)
     t, e = values.shape
@@ -91,9 +95,36 @@ def node_limited_scores(scores_TE: Any, bias_E: Any, node_of_expert_E: Any, k: i
     return np.where(keep_TG[:, nodes], values, -np.inf)
 
 
+def _node_limited_scores_torch(scores_TE, bias_E, node_of_expert_E, k, max_nodes):
+    import torch
+
+    values = biased_scores(scores_TE, bias_E)  # (T, E), the input's device
+    t, e = values.shape
+    nodes = _nodes(node_of_expert_E, e)
+    k = positive_int(k, "k", maximum=e - 1)
+    m = positive_int(max_nodes, "max_nodes")
+    n_nodes = int(nodes.max()) + 1
+    if m >= n_nodes:
+        return values
+    per = max(1, math.ceil(k / m))
+    node_score_TG = values.new_full((t, n_nodes), float("-inf"))
+    for g in range(n_nodes):
+        cols = torch.as_tensor(np.flatnonzero(nodes == g), device=values.device)
+        if cols.numel():
+            node_score_TG[:, g] = values[:, cols].topk(min(per, cols.numel()), dim=1).values.sum(dim=1)
+    order = torch.sort(node_score_TG, dim=1, descending=True, stable=True).indices[:, :m]  # (T, M)
+    sizes = torch.as_tensor(np.bincount(nodes, minlength=n_nodes), device=values.device)
+    if bool((sizes[order].sum(dim=1) < k).any()):
+        raise InvalidInputError(f"max_nodes={m} nodes hold fewer than k={k} experts for some token")
+    keep_TG = torch.zeros((t, n_nodes), dtype=torch.bool, device=values.device)
+    keep_TG.scatter_(1, order, True)
+    nodes_t = torch.as_tensor(nodes, device=values.device)
+    return values.masked_fill(~keep_TG[:, nodes_t], float("-inf"))
+
+
 def node_limited_topk(scores_TE: Any, bias_E: Any, node_of_expert_E: Any, k: int,
                       max_nodes: int) -> np.ndarray:
-    """Top-K routing restricted to ``max_nodes`` nodes per token; bool ``(T, E)``, K per row.
+    """Top-K routing restricted to ``max_nodes`` nodes per token; bool ``(T, E)``, K per row (numpy or torch).
 
     Ties go to the lowest expert index, as in :func:`alflb.routing.route_topk`.
 
@@ -102,6 +133,11 @@ def node_limited_topk(scores_TE: Any, bias_E: Any, node_of_expert_E: Any, k: int
     [[1, 1, 0, 0]]
     """
     masked = node_limited_scores(scores_TE, bias_E, node_of_expert_E, k, max_nodes)
+    if is_torch(masked):
+        import torch
+
+        idx = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
+        return torch.zeros_like(masked, dtype=torch.bool).scatter_(1, idx, True)
     idx = np.argsort(-masked, axis=1, kind="stable")[:, :k]
     out = np.zeros(masked.shape, dtype=bool)
     np.put_along_axis(out, idx, True, axis=1)
