@@ -53,6 +53,7 @@ def test_notebooks_found():
         "02_theory.ipynb",
         "03_online_regret.ipynb",
         "04_deepseekmoe.ipynb",
+        "05_expert_parallel.ipynb",
     ]
 
 
