@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .. import metrics as _metrics
 from ..errors import InvalidInputError
+from ..metrics import max_violation, smooth
 from ..runio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,9 +138,9 @@ def plot_maxvio(result: SimulationLike, ax: Axes | None = None, window: int = 10
     ax = _axes(ax)
     for lab in result.labels:
         loads = result.run(lab, seed_index).load_NE
-        curve = _metrics.smooth(_metrics.max_violation(loads.astype(np.float64)), window)
+        curve = smooth(max_violation(loads.astype(np.float64)), window)
         (line,) = ax.plot(np.arange(1, len(curve) + 1), curve, lw=1, label=lab)
-        glob = _metrics.max_violation(loads.sum(axis=0).astype(np.float64))
+        glob = max_violation(loads.sum(axis=0).astype(np.float64))
         ax.axhline(glob, color=line.get_color(), ls="--", lw=0.8)
     # symlog: linear near 0 (a perfectly balanced policy sits at exactly 0), log above.
     ax.set_yscale("symlog", linthresh=1e-3)

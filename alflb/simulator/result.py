@@ -20,9 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics as _metrics
 from .._tables import text_table
 from ..errors import InvalidInputError
+from ..metrics import (
+    coefficient_of_variation,
+    dead_experts,
+    load_entropy,
+    max_violation,
+    min_over_mean,
+)
 from ..regret import (
     ConfidenceBand,
     confidence_band,
@@ -150,13 +156,13 @@ class SimulationResult:
         return {
             "policy": label,
             "seed_index": seed_index,
-            "maxvio_batch_mean": float(np.mean(_metrics.max_violation(loads))),
-            "maxvio_batch_tail": float(np.mean(_metrics.max_violation(tail))),
-            "maxvio_global": float(_metrics.max_violation(loads.sum(axis=0))),
-            "min_over_mean": float(np.mean(_metrics.min_over_mean(loads))),
-            "dead_experts": float(np.mean(_metrics.dead_experts(loads))),
-            "cv": float(np.mean(_metrics.coefficient_of_variation(loads))),
-            "entropy": float(np.mean(_metrics.load_entropy(loads))),
+            "maxvio_batch_mean": float(np.mean(max_violation(loads))),
+            "maxvio_batch_tail": float(np.mean(max_violation(tail))),
+            "maxvio_global": float(max_violation(loads.sum(axis=0))),
+            "min_over_mean": float(np.mean(min_over_mean(loads))),
+            "dead_experts": float(np.mean(dead_experts(loads))),
+            "cv": float(np.mean(coefficient_of_variation(loads))),
+            "entropy": float(np.mean(load_entropy(loads))),
             "dropped_fraction": float(np.mean(run.dropped_N)),
             "objective_per_token": float(np.sum(run.objective_N) / (n_steps * self.config.n_tokens)),
             **self.regret(label, seed_index),

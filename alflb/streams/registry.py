@@ -7,33 +7,13 @@ from typing import Any
 
 from ..errors import InvalidInputError, UnknownNameError
 from .base import ScoreStream
-from .synthetic import (
-    AdversarialStream,
-    BurstyStream,
-    ClusteredStream,
-    DriftingStream,
-    FixedStream,
-    GaussianStream,
-    SkewedStream,
-)
+from .synthetic import SYNTHETIC_STREAMS
 from .trace import TraceStream
 
 __all__ = ["available_streams", "make_stream", "stream_from_dict"]
 
 
-_STREAMS: dict[str, type[ScoreStream]] = {
-    cls.name: cls
-    for cls in (
-        GaussianStream,
-        SkewedStream,
-        ClusteredStream,
-        DriftingStream,
-        BurstyStream,
-        AdversarialStream,
-        FixedStream,
-        TraceStream,
-    )
-}
+_STREAMS: dict[str, type[ScoreStream]] = {cls.name: cls for cls in (*SYNTHETIC_STREAMS, TraceStream)}
 
 
 def available_streams() -> list[str]:

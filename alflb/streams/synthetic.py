@@ -14,15 +14,8 @@ from .._validate import finite_float, positive_int
 from ..errors import InvalidInputError
 from .base import ScoreStream, activate
 
-__all__ = [
-    "AdversarialStream",
-    "BurstyStream",
-    "ClusteredStream",
-    "DriftingStream",
-    "FixedStream",
-    "GaussianStream",
-    "SkewedStream",
-]
+__all__ = ["AdversarialStream", "BurstyStream", "ClusteredStream", "DriftingStream", "FixedStream",
+           "GaussianStream", "SkewedStream"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,3 +257,7 @@ class FixedStream(ScoreStream):
     def _step(self, n, root, params, n_tokens, n_experts):
         return params["scores_TE"]
 
+
+#: Every synthetic stream, for the registry.
+SYNTHETIC_STREAMS = (GaussianStream, SkewedStream, ClusteredStream, DriftingStream, BurstyStream,
+                     AdversarialStream, FixedStream)
