@@ -53,12 +53,15 @@ _BAR_MIN_STEPS = 20_000  # progress=None shows a bar from this many steps on
 
 
 def run_steps(policy: Policy, scores_NTE: np.ndarray, k: int, capacity_E: np.ndarray,
-              batch_optima: tuple[np.ndarray, np.ndarray] | None = None,
+              optima: tuple[np.ndarray, np.ndarray] | None = None,
               bar: Any = None) -> dict[str, np.ndarray]:
-    """Play ``policy`` over every batch of ``scores_NTE``; the arrays of a :class:`PolicyRun`."""
+    """Play ``policy`` over every batch of ``scores_NTE``; the arrays of a :class:`PolicyRun`.
+
+    ``optima``: the per-batch optima ``(objective_N, bias_NE)``, for policies that need them.
+    """
     n_steps, _, n_experts = scores_NTE.shape
     out = empty_run_arrays(n_steps, n_experts)
-    state = policy.start(n_experts, k, capacity_E, batch_optima)
+    state = policy.start(n_experts, k, capacity_E, optima)
     for n in range(n_steps):
         policy.step(n, scores_NTE[n], state, out)
         if bar is not None and n % _TICK == _TICK - 1:
@@ -69,10 +72,13 @@ def run_steps(policy: Policy, scores_NTE: np.ndarray, k: int, capacity_E: np.nda
 
 
 def batch_optima(scores_NTE: np.ndarray, k: int, capacity_E: Any, solver: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(objective_N, bias_NE)``: :func:`~alflb.comparators.batch_optimum` of every batch."""
+    """``(objective_N, bias_NE)``: :func:`~alflb.comparators.batch_optimum` of every batch.
+
+    ``objective_N[n] = min_p f_n(p)``; ``bias_NE[n]`` an optimal dual (router adds it,
+    overloaded experts go down), mean-centred.
+    """
     opts = [batch_optimum(s, k, capacity_E, method=solver, keep_assignment=False) for s in scores_NTE]
-    return (np.array([o.objective for o in opts], dtype=np.float64).reshape(len(opts)),
-            np.array([o.bias_E for o in opts], dtype=np.float64).reshape(len(opts), scores_NTE.shape[2]))
+    return np.array([o.objective for o in opts], dtype=np.float64), np.stack([o.bias_E for o in opts])
 
 
 def compute_reference(config: SimulationConfig, seed_index: int, seq: np.random.SeedSequence,
