@@ -2,9 +2,11 @@ r"""Plots of simulation results (matplotlib).
 
 Every function takes a simulation result (anything with the attributes of
 :class:`SimulationLike`, such as :class:`~alflb.simulator.SimulationResult`; this module
-imports nothing that produces results) and optionally an existing ``Axes``, draws one panel with a title, axis labels with units and a legend,
-and returns the ``Axes``. :func:`save_summary_figure` puts six panels in one PNG; the
-simulator writes it into every run folder.
+imports nothing that produces results) and optionally an existing ``Axes``, draws one
+panel with a title, axis labels with units and a legend, and returns the ``Axes``. No
+backend is selected here: a new panel opens a pyplot figure in the user's backend, and
+the summary PNG is rendered without pyplot. :func:`save_summary_figure` puts six panels
+in one PNG; the simulator writes it into every run folder.
 
 Panels:
 
