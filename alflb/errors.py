@@ -55,3 +55,7 @@ class RunFolderExistsError(AlflbError, FileExistsError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative method stopped before reaching its tolerance."""
+
+
+class SweepFailedError(AlflbError, RuntimeError):
+    """Some runs of a sweep failed (raised on request by ``SweepResult.raise_on_failure``)."""

@@ -20,7 +20,7 @@ and a causal rule plays ``p^n`` (a function of batches ``< n``). Three regrets:
   stationary streams, but a rule that tracks a drifting stream can beat every fixed bias
   and show a negative ``R_N``: that is what the dynamic regret is for.
 - **dynamic**: :math:`\sum_n f_n(p^n) - \sum_n \min_p f_n(p)`, against the per-batch optima
-  (:func:`batch_optima`); it is ``>= 0`` for any play and at least the static regret.
+  (:func:`alflb.comparators.batch_optimum` on each batch); it is ``>= 0`` for any play and at least the static regret.
 - **pseudo** (the quantity the standard proof bounds): :math:`\sum_n [F(p^n) - F(p^\star)]`
   with :math:`F = \mathbb E f_n` and :math:`p^\star = \arg\min F`. It is estimated by
   :math:`\sum_n [f_n(p^n) - f_n(\hat p^\star)]`, where :math:`\hat p^\star` is the optimal
@@ -70,7 +70,6 @@ __all__ = [
     "ConfidenceBand",
     "GrowthFit",
     "batch_dual",
-    "batch_optima",
     "confidence_band",
     "dynamic_regret",
     "estimate_pstar",
@@ -92,7 +91,13 @@ def _check_scores_NTE(scores_NTE: Any) -> np.ndarray:
 
 
 def batch_dual(scores_TE: Any, bias_E: Any, k: int, capacity_E: Any) -> float:
-    r"""``f(p) = sum_i TopKSum(gamma_i + p) - c . p`` in float64 (the fused kernel).
+    r"""The batch dual at ``p``, in float64 (the fused kernel):
+
+    .. math::
+
+        f(p) = \sum_i \operatorname{TopKSum}_k(\gamma_{ik} + p_k) - \sum_k c_k p_k .
+
+    ``scores_TE`` (T, E), ``bias_E`` (E,) with the router adding it, ``capacity_E`` (E,).
 
     >>> batch_dual(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([-0.5, 0.5]), 1, [1, 1])
     1.0
@@ -103,7 +108,13 @@ def batch_dual(scores_TE: Any, bias_E: Any, k: int, capacity_E: Any) -> float:
 
 
 def pooled_problem(scores_NTE: Any, k: int, capacity_E: Any) -> AssignmentProblem:
-    """One assignment problem over all ``N*T`` tokens with capacities ``N*c``."""
+    r"""One assignment problem over all ``N*T`` tokens with capacities ``N*c``.
+
+    By strong duality its optimum is :math:`\min_p \sum_{n \le N} f_n(p)`.
+
+    >>> pooled_problem(np.zeros((3, 4, 2)), 1, [2, 2]).capacity_E.tolist()
+    [6, 6]
+    """
     arr = _check_scores_NTE(scores_NTE)
     n_steps, n_tokens, n_experts = arr.shape
     cap = np.asarray(capacity_E, dtype=np.int64)
@@ -111,7 +122,16 @@ def pooled_problem(scores_NTE: Any, k: int, capacity_E: Any) -> AssignmentProble
 
 
 def pooled_optimum(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "fast") -> float:
-    r"""``min_p sum_n f_n(p)`` = the pooled problem's optimum (exact, float64)."""
+    r"""The static comparator, exact and in float64:
+
+    .. math::
+
+        \min_p \sum_{n \le N} f_n(p) = \mathrm{OPT}(\text{pooled problem}).
+
+    >>> scores_NTE = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    >>> pooled_optimum(scores_NTE, 1, [1, 1])  # three tokens prefer expert 0, which holds two
+    3.0
+    """
     from .solvers import solve
 
     return float(solve(pooled_problem(scores_NTE, k, capacity_E), method=method).objective)
@@ -120,7 +140,16 @@ def pooled_optimum(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "f
 def estimate_pstar(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "fast") -> np.ndarray:
     r"""An optimal dual of a pooled sample: the estimate :math:`\hat p^\star` of ``argmin F``.
 
-    Centred (``p*`` is defined modulo a constant); the router adds it.
+    .. math::
+
+        \hat p^\star \in \arg\min_p \sum_{n \le N} f_n(p), \qquad \textstyle\sum_k \hat p^\star_k = 0 .
+
+    Centred (``p*`` is defined modulo a constant); the router adds it, so an expert that
+    the scores overload gets a lower value.
+
+    >>> p = estimate_pstar(np.array([[[1.0, 0.0], [1.0, 0.0]]]), 1, [1, 1])
+    >>> bool(p[0] < p[1]), float(round(p.sum(), 12))
+    (True, 0.0)
     """
     from .solvers import solve
 
@@ -128,22 +157,12 @@ def estimate_pstar(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "f
     return np.asarray(res.bias_E, dtype=np.float64)
 
 
-def batch_optima(scores_NTE: Any, k: int, capacity_E: Any, *, method: str = "fast") -> tuple[np.ndarray, np.ndarray]:
-    """Per-batch optima ``min_p f_n(p)`` and optimal duals: ``(objective_N, bias_NE)``."""
-    from .solvers import solve
-
-    arr = _check_scores_NTE(scores_NTE)
-    obj = np.empty(arr.shape[0])
-    bias = np.empty((arr.shape[0], arr.shape[2]))
-    for n, scores_TE in enumerate(arr):
-        res = solve(AssignmentProblem(scores_TE, k, capacity_E), method=method)
-        obj[n] = res.objective
-        bias[n] = res.bias_E
-    return obj, bias
-
-
 def prefix_grid(n_steps: int, n_points: int = 12) -> np.ndarray:
-    """About ``n_points`` log-spaced prefix lengths in ``1..N``, always including ``N`` (int64).
+    r"""About ``n_points`` log-spaced prefix lengths in ``1..N``, always including ``N`` (int64).
+
+    .. math::
+
+        \mathcal G = \operatorname{unique}\big(\operatorname{round}(N^{j/(P-1)})\big)_{j < P} \cup \{N\}.
 
     >>> prefix_grid(1000, 5).tolist()
     [1, 6, 32, 178, 1000]
@@ -155,24 +174,65 @@ def prefix_grid(n_steps: int, n_points: int = 12) -> np.ndarray:
 
 
 def static_regret(f_N: Any, pooled_opt: float) -> float:
-    """``sum_n f_n(p^n) - min_p sum_n f_n(p)``."""
+    r"""Static regret against the best fixed bias in hindsight:
+
+    .. math::
+
+        R_N = \sum_{n \le N} f_n(p^n) - \min_p \sum_{n \le N} f_n(p) .
+
+    ``f_N`` (N,) holds :math:`f_n(p^n)`; ``pooled_opt`` is :func:`pooled_optimum`.
+
+    >>> static_regret([3.0, 2.0, 2.0], 6.5)
+    0.5
+    """
     return float(np.sum(np.asarray(f_N, dtype=np.float64)) - pooled_opt)
 
 
 def dynamic_regret(f_N: Any, batch_opt_N: Any) -> float:
-    """``sum_n [f_n(p^n) - min_p f_n(p)]``."""
+    r"""Dynamic regret against the per-batch optima (``>= 0`` for any play):
+
+    .. math::
+
+        R^{\mathrm{dyn}}_N = \sum_{n \le N} \big[f_n(p^n) - \min_p f_n(p)\big] .
+
+    >>> dynamic_regret([3.0, 2.0], [2.5, 2.0])
+    0.5
+    """
     return float(np.sum(np.asarray(f_N, dtype=np.float64) - np.asarray(batch_opt_N, dtype=np.float64)))
 
 
 def pseudo_regret(f_N: Any, f_star_N: Any) -> float:
-    r"""``sum_n [f_n(p^n) - f_n(p*)]``: the estimate of the pseudo-regret (see the module docstring)."""
+    r"""The estimate of the pseudo-regret (see the module docstring):
+
+    .. math::
+
+        \hat R^{\mathrm{pseudo}}_N = \sum_{n \le N} \big[f_n(p^n) - f_n(\hat p^\star)\big] .
+
+    ``f_star_N`` (N,) holds :math:`f_n(\hat p^\star)`, ``\hat p^\star`` from :func:`estimate_pstar`.
+
+    >>> pseudo_regret([3.0, 2.0], [2.0, 2.5])
+    0.5
+    """
     return float(np.sum(np.asarray(f_N, dtype=np.float64) - np.asarray(f_star_N, dtype=np.float64)))
 
 
 def prefix_regret(f_N: Any, grid_G: Any, pooled_opt_G: Any) -> np.ndarray:
-    """``R_n = sum_{m<=n} f_m(p^m) - OPT(prefix n)`` at the grid points, shape ``(G,)``."""
+    r"""The static regret of each prefix on a grid, shape ``(G,)``:
+
+    .. math::
+
+        R_n = \sum_{m \le n} f_m(p^m) - \min_p \sum_{m \le n} f_m(p), \qquad n \in \mathcal G .
+
+    ``pooled_opt_G`` holds each prefix's own pooled optimum. An empty grid gives an empty
+    curve.
+
+    >>> prefix_regret([3.0, 2.0, 2.0], [1, 3], [2.5, 6.5]).tolist()
+    [0.5, 0.5]
+    """
     f = np.asarray(f_N, dtype=np.float64)
     grid = np.asarray(grid_G, dtype=np.int64)
+    if not grid.size:
+        return np.zeros(0)
     if grid.min() < 1 or grid.max() > len(f):
         raise InvalidInputError(f"grid points must lie in 1..{len(f)}, got {grid.tolist()}")
     return np.cumsum(f)[grid - 1] - np.asarray(pooled_opt_G, dtype=np.float64)
@@ -190,7 +250,13 @@ class ConfidenceBand:
 
 
 def confidence_band(values_S: Any, level: float = 0.95, axis: int = 0) -> ConfidenceBand:
-    """Mean and ``level`` t-interval over ``axis`` (a single seed gives a zero-width band).
+    r"""Mean and ``level`` Student-t interval over ``axis`` (a single seed gives a zero-width band):
+
+    .. math::
+
+        \bar x \pm t_{(1+\ell)/2,\, S-1}\, \frac{s}{\sqrt S},
+
+    ``s`` the sample standard deviation (``ddof=1``) of the ``S`` values, ``\ell`` the level.
 
     >>> band = confidence_band([1.0, 2.0, 3.0])
     >>> band.mean, round(band.upper - band.mean, 3)
@@ -232,7 +298,14 @@ _GROWTH = {"log": np.log, "sqrt": np.sqrt, "linear": lambda n: n.astype(np.float
 
 
 def fit_growth(n_G: Any, regret_G: Any) -> GrowthFit:
-    """Fit ``R_n`` against ``ln n``, ``sqrt n`` and ``n``; report the best (needs >= 3 points).
+    r"""Fit ``R_n`` against ``ln n``, ``sqrt n`` and ``n``; report the best (needs >= 3 points).
+
+    .. math::
+
+        (a, b) = \arg\min_{a, b} \sum_{n \in \mathcal G} \big(R_n - a - b\, h(n)\big)^2,
+        \qquad h \in \{\ln n, \sqrt n, n\},
+
+    and ``best`` is the ``h`` with the smallest residual sum of squares.
 
     >>> n = np.array([1, 4, 16, 64, 256])
     >>> fit_growth(n, 3.0 + 2.0 * np.log(n)).best

@@ -54,6 +54,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "is_run_folder",
     "json_default",
     "load_npz",
     "prepare_run_folder",
@@ -193,8 +194,25 @@ def load_npz(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str,
     return out
 
 
+def is_run_folder(path: str | os.PathLike, marker: str) -> bool:
+    """Whether ``path`` is a run folder of the kind whose first file is ``marker``.
+
+    Every writer of run folders writes one marker file first (``config.json`` for a
+    simulation or a training run, ``sweep.json`` for a sweep); a folder is of that kind
+    exactly when the marker is there.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = atomic_write_json(root / "config.json", {})
+    >>> is_run_folder(root, "config.json"), is_run_folder(root, "sweep.json")
+    (True, False)
+    """
+    return (Path(path) / marker).is_file()
+
+
 def prepare_run_folder(
-    path: str | os.PathLike, resume: bool = False, overwrite: bool = False
+    path: str | os.PathLike, resume: bool = False, overwrite: bool = False, *,
+    marker: str | None = None, kind: str = "a run folder",
 ) -> Path:
     """Create (or reopen) a run folder and return its path.
 
@@ -206,17 +224,27 @@ def prepare_run_folder(
         Keep existing contents: the caller skips the work whose results are already there.
     overwrite : bool
         Delete the existing contents first.
+    marker, kind : str, optional
+        The file that marks a run folder of this kind (:func:`is_run_folder`) and the
+        kind's name for messages: a non-empty folder without the marker is never resumed.
 
     Raises
     ------
     RunFolderExistsError
-        The folder exists, is not empty, and neither ``resume`` nor ``overwrite`` is set.
+        The folder exists, is not empty, and neither ``resume`` nor ``overwrite`` is set;
+        or ``resume`` is set and the folder holds files but not ``marker``.
     InvalidInputError
         Both ``resume`` and ``overwrite`` are set, or ``path`` is an existing file.
     """
+    path = Path(path)
+    if (resume and marker is not None and path.is_dir() and any(path.iterdir())
+            and not is_run_folder(path, marker)):
+        raise RunFolderExistsError(
+            f"cannot resume {path}: it holds files but no {marker}, so it is not {kind} "
+            "(use a new folder or overwrite=True)"
+        )
     if resume and overwrite:
         raise InvalidInputError("resume and overwrite exclude each other: pick one")
-    path = Path(path)
     if path.exists() and not path.is_dir():
         raise InvalidInputError(f"run folder {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):

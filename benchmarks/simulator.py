@@ -61,7 +61,9 @@ def main() -> None:
     from alflb import expert_load, route_topk
     from alflb._kernels import fused_route, set_threads
     from alflb.rules import make_rule
-    from alflb.simulator import _run_rule, run_policy
+    from alflb.simulator import run_policy
+    from alflb.simulator.loop import run_steps
+    from alflb.simulator.policy import RulePolicy
     from alflb.streams import make_stream
 
     threads = set_threads(args.cores or None)
@@ -95,12 +97,10 @@ def main() -> None:
 
     rule, cap = make_rule("sign", u=1e-3), np.full(e, k * t // e)
 
-    class _NoProgress:
-        def update(self, n):
-            pass
+    policy = RulePolicy("sign", rule, record_t1=False)
 
     def sign_loop():
-        _run_rule(rule, scores, k, cap, False, _NoProgress())
+        run_steps(policy, scores, k, cap)
 
     kernel()  # compile outside the timing
     run_policy("sign", scores[:2], k=k, record_t1=False)

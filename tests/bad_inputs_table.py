@@ -357,7 +357,7 @@ CASES: list[Case] = [
          InvalidInputError, r"non-finite float32 scores", note="was: inf scores returned"),
     Case("stream-sizes", "step sizes and names", "make_stream(name).sample(n_steps, T, E)",
          "zero steps", lambda ctx: alflb.make_stream("gaussian").sample(0, 4, 4),
-         InvalidInputError, r"n_steps must be >= 1, got 0"),
+         InvalidInputError, r"n_steps must be an integer >= 1, got 0"),
     Case("solver-not-installed", "step sizes and names", "solve(problem, 'cvxpy')",
          "the backend's package is not installed (import fails)", _no_cvxpy,
          SolverUnavailableError, r"method 'cvxpy' needs the package cvxpy: pip install cvxpy"),

@@ -16,6 +16,7 @@ from alflb import simulator as sim
 from alflb.model.balancing import BalanceConfig
 from alflb.model.checkpoint import load_checkpoint
 from alflb.model.train import TrainConfig, train
+from alflb.simulator.records import REF_ARRAYS, RUN_ARRAYS
 
 
 def test_simulation_through_a_run_folder_equals_a_fresh_run(tmp_path):
@@ -27,11 +28,11 @@ def test_simulation_through_a_run_folder_equals_a_fresh_run(tmp_path):
     stored = alflb.SimulationResult.load(tmp_path / "run")
     assert fresh.runs.keys() == stored.runs.keys()
     for key in fresh.runs:
-        for name in sim._RUN_ARRAYS:
+        for name in RUN_ARRAYS:
             a, b = getattr(fresh.runs[key], name), getattr(stored.runs[key], name)
             assert np.array_equal(a, b, equal_nan=True), (key, name)
     for ra, rb in zip(fresh.references, stored.references):
-        for name in sim._REF_ARRAYS:
+        for name in REF_ARRAYS:
             assert np.array_equal(getattr(ra, name), getattr(rb, name), equal_nan=True), name
 
 
@@ -40,7 +41,7 @@ def test_run_policy_is_deterministic_for_every_rule(rule):
     scores = alflb.make_stream("clustered").sample(10, 24, 6, rng=3)
     a = sim.run_policy(rule, scores, k=2)
     b = sim.run_policy(rule, scores.copy(), k=2)
-    for name in sim._RUN_ARRAYS:
+    for name in RUN_ARRAYS:
         assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from alflb.comparators import batch_optimum
 from alflb.errors import InvalidInputError
 from alflb.regret import (
     batch_dual,
-    batch_optima,
     confidence_band,
     dynamic_regret,
     fit_growth,
@@ -43,10 +43,11 @@ def test_pooled_optimum_is_min_over_fixed_biases_and_matches_linprog():
         assert sum(batch_dual(x, p, 1, cap) for x in scores) >= opt - 1e-9
 
 
-def test_batch_optima_and_regret_arithmetic():
+def test_batch_optimum_and_regret_arithmetic():
     scores = make_stream("gaussian").sample(4, 8, 4, rng=0)
     cap = np.full(4, 4)
-    obj, bias = batch_optima(scores, 2, cap)
+    opts = [batch_optimum(x, 2, cap) for x in scores]
+    obj, bias = np.array([o.objective for o in opts]), np.array([o.bias_E for o in opts])
     for n in range(4):
         np.testing.assert_allclose(batch_dual(scores[n], bias[n], 2, cap), obj[n], rtol=1e-9)
     f = np.array([batch_dual(x, np.zeros(4), 2, cap) for x in scores])

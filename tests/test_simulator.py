@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import alflb.simulator as sim
+import alflb.simulator.loop as sim_loop
 from alflb import route_topk, topk_sum
 from alflb.errors import (
     CorruptFileError,
@@ -16,7 +16,15 @@ from alflb.errors import (
 )
 from alflb.regret import batch_dual, estimate_pstar
 from alflb.rules import make_rule
-from alflb.simulator import PolicySpec, SimulationConfig, SimulationResult, run_policy, simulate
+from alflb.simulator import (
+    PolicySpec,
+    SimulationConfig,
+    SimulationResult,
+    make_policy,
+    run_policy,
+    simulate,
+)
+from alflb.simulator.records import REF_ARRAYS, RUN_ARRAYS
 from alflb.streams import make_stream
 
 SMALL = dict(n_steps=24, n_tokens=32, n_experts=4, k=1, n_seeds=2, progress=False)
@@ -31,10 +39,10 @@ def _cfg(**kw):
 def _assert_same_runs(a: SimulationResult, b: SimulationResult):
     assert a.runs.keys() == b.runs.keys()
     for key in a.runs:
-        for name in sim._RUN_ARRAYS:
+        for name in RUN_ARRAYS:
             np.testing.assert_array_equal(getattr(a.runs[key], name), getattr(b.runs[key], name))
     for ra, rb in zip(a.references, b.references):
-        for name in sim._REF_ARRAYS:
+        for name in REF_ARRAYS:
             np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name))
 
 
@@ -184,13 +192,13 @@ def test_run_folder_refuse_resume_and_partial_resume(tmp_path, monkeypatch):
     with pytest.raises(RunFolderExistsError, match="already holds results"):
         simulate(_cfg(), out)
     calls = []
-    real = sim._run_rule
+    real = sim_loop.run_steps
 
-    def counting(rule, *args, **kwargs):
-        calls.append(rule.name)
-        return real(rule, *args, **kwargs)
+    def counting(policy, *args, **kwargs):
+        calls.append(policy.rule.name)
+        return real(policy, *args, **kwargs)
 
-    monkeypatch.setattr(sim, "_run_rule", counting)
+    monkeypatch.setattr(sim_loop, "run_steps", counting)
     again = simulate(_cfg(), out, resume=True)
     assert calls == []  # everything was on disk
     _assert_same_runs(first, again)
@@ -232,9 +240,9 @@ def test_config_validation_and_round_trip():
         _cfg(policies=("sign:eps=1",))
     cfg = _cfg(u=0.05, policies=("sign", "frozen_tail:freeze_after=3", "uniform"))
     assert SimulationConfig.from_dict(cfg.as_dict()) == cfg
-    assert sim._build_rule(cfg.policies[0], cfg.u).u == 0.05
-    assert sim._build_rule(cfg.policies[1], cfg.u).base.u == 0.05
-    assert not hasattr(sim._build_rule(cfg.policies[2], cfg.u), "u")
+    assert make_policy(cfg.policies[0], u=cfg.u).rule.u == 0.05
+    assert make_policy(cfg.policies[1], u=cfg.u).rule.base.u == 0.05
+    assert not hasattr(make_policy(cfg.policies[2], u=cfg.u).rule, "u")
 
 
 def test_policy_spec_parse():

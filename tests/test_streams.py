@@ -48,7 +48,7 @@ def test_registry_errors_and_round_trip():
         make_stream("gaussian", activation="relu")
     with pytest.raises(InvalidInputError, match="sigma must be > 0"):
         make_stream("gaussian", sigma=0.0)
-    with pytest.raises(InvalidInputError, match="n_experts must be >= 2"):
+    with pytest.raises(InvalidInputError, match="n_experts must be an integer >= 2"):
         make_stream("gaussian").sample(2, 3, 1)
     s = make_stream("drifting", shift_every=10, zipf_s=1.0)
     assert stream_from_dict(s.as_dict()) == s
@@ -118,5 +118,5 @@ def test_step_offset_continues_the_same_stream():
     s = make_stream("skewed", zipf_s=1.0)
     full = s.sample(9, 8, 5, rng=3)
     np.testing.assert_array_equal(s.sample(5, 8, 5, rng=3, step_offset=4), full[4:])
-    with pytest.raises(InvalidInputError, match="step_offset must be >= 0"):
+    with pytest.raises(InvalidInputError, match="step_offset must be an integer >= 0"):
         s.sample(2, 8, 5, rng=3, step_offset=-1)

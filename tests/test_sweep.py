@@ -14,14 +14,14 @@ import sys
 import numpy as np
 import pytest
 
-import alflb.sweep as sweep_mod
+import alflb.sweep.executors as sweep_mod
 from alflb.cli import main
 from alflb.errors import (
     InfeasibleProblemError,
     InvalidInputError,
     RunFolderExistsError,
-    SolverError,
     SolverUnavailableError,
+    SweepFailedError,
     UnknownNameError,
 )
 from alflb.simulator import SimulationConfig, SimulationResult
@@ -138,7 +138,7 @@ def test_parse_grid_reads_types():
 
 def test_run_sweep_argument_errors(tmp_path, monkeypatch):
     sw = tiny(seeds=1)
-    with pytest.raises(UnknownNameError, match=r"unknown executor 'threads'; choose one of local, serial, dask"):
+    with pytest.raises(UnknownNameError, match=r"unknown executor 'threads'; choose one of: local, serial, dask"):
         run_sweep(sw, tmp_path / "a", executor="threads")
     with pytest.raises(InvalidInputError, match=r"scheduler is used only by executor='dask', not 'local'"):
         run_sweep(sw, tmp_path / "a", scheduler="tcp://127.0.0.1:8786")
@@ -267,7 +267,7 @@ def test_a_failing_run_is_reported_not_dropped(tmp_path, executor):
     md = (out / "summary.md").read_text()
     assert "## Failed runs (1)" in md and bad in md
     assert not (out / "runs" / bad / "done.json").exists()
-    with pytest.raises(SolverError, match=r"1 of 2 sweep runs failed: .*layer 5 out of range"):
+    with pytest.raises(SweepFailedError, match=r"1 of 2 sweep runs failed: .*layer 5 out of range"):
         res.raise_on_failure()
     # A resumed sweep retries the failed run only.
     again = run_sweep(sw, out, executor="serial", progress=False)

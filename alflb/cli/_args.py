@@ -7,9 +7,9 @@ import argparse
 
 def key_value(text: str) -> tuple[str, object]:
     """Parse ``KEY=VALUE`` for repeatable options; the value is read as a number, bool or string."""
-    from ..simulator import _parse_value
+    from ..simulator import parse_value
 
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value.strip())
+    return key.strip(), parse_value(value.strip())

@@ -1,9 +1,12 @@
-r"""Plots of simulation results (matplotlib, Agg backend).
+r"""Plots of simulation results (matplotlib).
 
-Every function takes a :class:`~alflb.simulator.SimulationResult` (and optionally an
-existing ``Axes``), draws one panel with a title, axis labels with units and a legend,
-and returns the ``Axes``. :func:`save_summary_figure` puts six panels in one PNG; the
-simulator writes it into every run folder.
+Every function takes a simulation result (anything with the attributes of
+:class:`SimulationLike`, such as :class:`~alflb.simulator.SimulationResult`; this module
+imports nothing that produces results) and optionally an existing ``Axes``, draws one
+panel with a title, axis labels with units and a legend, and returns the ``Axes``. No
+backend is selected here: a new panel opens a pyplot figure in the user's backend, and
+the summary PNG is rendered without pyplot. :func:`save_summary_figure` puts six panels
+in one PNG; the simulator writes it into every run folder.
 
 Panels:
 
@@ -25,23 +28,44 @@ References
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import metrics as _metrics
 from ..errors import InvalidInputError
+from ..metrics import max_violation, smooth
 from ..runio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-    from ..simulator import SimulationResult
+
+class RunLike(Protocol):
+    """The per-step arrays of one policy on one seed that the panels read."""
+
+    load_NE: np.ndarray
+    bias_NE: np.ndarray
+    f_N: np.ndarray
+    imbalance_N: np.ndarray
+    switching_N: np.ndarray
+
+
+class SimulationLike(Protocol):
+    """What the panels read from a simulation result (config sizes, runs, regret bands)."""
+
+    config: Any  # reads stream, n_steps, n_tokens, n_experts, k, n_seeds, seed
+    references: Sequence[Any]  # reads prefix_n_G of the first
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    def run(self, label: str, seed_index: int = 0) -> RunLike: ...
+
+    def prefix_regret_band(self, label: str, level: float = 0.95) -> tuple[np.ndarray, Any]: ...
+
 
 __all__ = [
     "plot_bias_trajectories",
@@ -55,12 +79,14 @@ __all__ = [
 
 
 def _axes(ax: Axes | None) -> Axes:
-    if ax is None:
+    if ax is None:  # a new pyplot figure, in the user's backend (shown by notebooks)
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=(6, 4))
     return ax
 
 
-def _regret_labels(result: SimulationResult) -> list[str]:
+def _regret_labels(result: SimulationLike) -> list[str]:
     return [
         lab for lab in result.labels
         if result.references[0].prefix_n_G.size and np.all(np.isfinite(result.run(lab, 0).f_N))
@@ -71,7 +97,7 @@ def _no_data(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
 
 
-def plot_regret_curves(result: SimulationResult, ax: Axes | None = None, labels: list[str] | None = None) -> Axes:
+def plot_regret_curves(result: SimulationLike, ax: Axes | None = None, labels: list[str] | None = None) -> Axes:
     """Prefix static regret ``R_n`` vs ``n`` (log x), mean over seeds and 95% band."""
     ax = _axes(ax)
     labels = labels or _regret_labels(result)
@@ -90,7 +116,7 @@ def plot_regret_curves(result: SimulationResult, ax: Axes | None = None, labels:
     return ax
 
 
-def plot_regret_over_log(result: SimulationResult, ax: Axes | None = None, labels: list[str] | None = None) -> Axes:
+def plot_regret_over_log(result: SimulationLike, ax: Axes | None = None, labels: list[str] | None = None) -> Axes:
     """``R_n / ln n`` vs ``n`` (log x, ``n >= 2``): flat for logarithmic regret."""
     ax = _axes(ax)
     labels = labels or _regret_labels(result)
@@ -109,14 +135,14 @@ def plot_regret_over_log(result: SimulationResult, ax: Axes | None = None, label
     return ax
 
 
-def plot_maxvio(result: SimulationResult, ax: Axes | None = None, window: int = 100, seed_index: int = 0) -> Axes:
+def plot_maxvio(result: SimulationLike, ax: Axes | None = None, window: int = 100, seed_index: int = 0) -> Axes:
     """``MaxVio_batch`` smoothed over ``window`` steps (solid) and ``MaxVio_global`` (dashed)."""
     ax = _axes(ax)
     for lab in result.labels:
         loads = result.run(lab, seed_index).load_NE
-        curve = _metrics.smooth(_metrics.max_violation(loads.astype(np.float64)), window)
+        curve = smooth(max_violation(loads.astype(np.float64)), window)
         (line,) = ax.plot(np.arange(1, len(curve) + 1), curve, lw=1, label=lab)
-        glob = _metrics.max_violation(loads.sum(axis=0).astype(np.float64))
+        glob = max_violation(loads.sum(axis=0).astype(np.float64))
         ax.axhline(glob, color=line.get_color(), ls="--", lw=0.8)
     # symlog: linear near 0 (a perfectly balanced policy sits at exactly 0), log above.
     ax.set_yscale("symlog", linthresh=1e-3)
@@ -129,7 +155,7 @@ def plot_maxvio(result: SimulationResult, ax: Axes | None = None, window: int = 
 
 
 def plot_bias_trajectories(
-    result: SimulationResult, label: str, ax: Axes | None = None, seed_index: int = 0, max_experts: int = 16
+    result: SimulationLike, label: str, ax: Axes | None = None, seed_index: int = 0, max_experts: int = 16
 ) -> Axes:
     """Centred bias ``p_k^n - mean_k p_k^n`` of one policy over steps (first ``max_experts``)."""
     ax = _axes(ax)
@@ -149,7 +175,7 @@ def plot_bias_trajectories(
     return ax
 
 
-def plot_load_heatmap(result: SimulationResult, label: str, ax: Axes | None = None, seed_index: int = 0) -> Axes:
+def plot_load_heatmap(result: SimulationLike, label: str, ax: Axes | None = None, seed_index: int = 0) -> Axes:
     """Heat map of ``A_k^n / (K T / E)`` (1 = balanced), steps down, experts across."""
     ax = _axes(ax)
     loads = result.run(label, seed_index).load_NE.astype(np.float64)
@@ -163,7 +189,7 @@ def plot_load_heatmap(result: SimulationResult, label: str, ax: Axes | None = No
     return ax
 
 
-def plot_t1_terms(result: SimulationResult, label: str, ax: Axes | None = None, seed_index: int = 0) -> Axes:
+def plot_t1_terms(result: SimulationLike, label: str, ax: Axes | None = None, seed_index: int = 0) -> Axes:
     """The T1 terms per step: imbalance, switching benefit, and ``f_n(p^{n+1}) - f_n(p^n)``."""
     ax = _axes(ax)
     run = result.run(label, seed_index)
@@ -182,7 +208,7 @@ def plot_t1_terms(result: SimulationResult, label: str, ax: Axes | None = None, 
     return ax
 
 
-def _focus_label(result: SimulationResult) -> str:
+def _focus_label(result: SimulationLike) -> str:
     for lab in result.labels:
         run = result.run(lab, 0)
         if np.all(np.isfinite(run.imbalance_N)) and np.any(run.imbalance_N != 0):
@@ -190,14 +216,19 @@ def _focus_label(result: SimulationResult) -> str:
     return result.labels[0]
 
 
-def save_summary_figure(result: SimulationResult, path: str | Path, focus: str | None = None) -> Path:
-    """Six panels (regret, regret/ln n, MaxVio, bias, loads, T1) written atomically as PNG."""
-    import io
+def save_summary_figure(result: SimulationLike, path: str | Path, focus: str | None = None) -> Path:
+    """Six panels (regret, regret/ln n, MaxVio, bias, loads, T1) written atomically as PNG.
+
+    The figure is a bare :class:`matplotlib.figure.Figure` rendered by the Agg canvas: it
+    needs no pyplot and leaves the user's backend alone.
+    """
+    from matplotlib.figure import Figure
 
     focus = focus or _focus_label(result)
     if focus not in result.labels:
         raise InvalidInputError(f"focus {focus!r} is not a policy of this result: {list(result.labels)}")
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9.5))
+    fig = Figure(figsize=(18, 9.5))
+    axes = fig.subplots(2, 3)
     plot_regret_curves(result, axes[0, 0])
     plot_regret_over_log(result, axes[0, 1])
     plot_maxvio(result, axes[0, 2], window=min(100, max(1, result.config.n_steps // 10)))
@@ -212,7 +243,6 @@ def save_summary_figure(result: SimulationResult, path: str | Path, focus: str |
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
