@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key}: {value}")
     failed = [r.claim for r in results if not r.passed]
     print(f"\nprofile {profile}, seed {args.seed}, {time.perf_counter() - t0:.1f} s: "
-          + (f"FAILED: {', '.join(failed)}" if failed else "all claims hold"))  # fmt: skip
+          + (f"FAILED: {', '.join(failed)}" if failed else "every check passes"))  # fmt: skip
     return 1 if failed else 0
 
 

@@ -171,7 +171,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
         verdict = "NOT CONFIRMED: " + verdict
     return ClaimResult(
         "log-regret", STATEMENT, prof.regret_seeds * len(horizons), ratio_growth, 1.6, passed,
-        verdict, "empirical",
+        verdict, "statistical",
         {"mu_hat": round(mu, 3), "G2": g2, "horizons": list(horizons), "bound_(G2/2mu)(1+lnN)":
          [round(b, 1) for b in bound], "pseudo_regret_below_bound": bound_ok, **table},
     )  # fmt: skip

@@ -150,7 +150,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
         f"holds: mu_hat = {lam:.2f} on 1-perp ({lam_z:.0f} SE), 0 along 1" if passed else "VIOLATED"
     )
     return ClaimResult(
-        "strong-convexity", STATEMENT, 6 * 4 + 27 + 1, worst, TOL, passed, verdict, "monte-carlo",
+        "strong-convexity", STATEMENT, 6 * 4 + 27 + 1, worst, TOL, passed, verdict, "statistical",
         {
             "closed_form_vs_exact_rel_err": exact_err,
             "closed_form_vs_mc_worst_z": mc_z,
@@ -161,6 +161,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
             "hessian_asymmetry_rel": asym,
             "mc_samples": prof.mc_samples,
         },
+        "z-score",
     )  # fmt: skip
 
 

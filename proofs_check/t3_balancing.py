@@ -191,7 +191,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
     passed = worst <= TOL and sweep_ok
     frac = spec_fail / max(late_steps, 1)
     verdict = "holds (proved bound)" if passed else "VIOLATED"
-    verdict += f"; SPEC per-step form max|A-c|<=Z fails in {100 * frac:.1f}% of late steps"
+    verdict += f"; per-step form max|A-c|<=Z fails in {100 * frac:.1f}% of late steps"
     return ClaimResult(
         "T3",
         STATEMENT,
@@ -200,7 +200,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
         TOL,
         passed,
         verdict,
-        "inequality+empirical",
+        "inequality",
         {
             "median_slack_W_form": float(np.median(slack_w)) if slack_w else math.nan,
             "median_slack_Z_form": float(np.median(slack_z)) if slack_z else math.nan,
@@ -209,6 +209,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
             "late_mean_max_dev_by_u": sweeps,
             "spec_per_step_fail_fraction": frac,
         },
+        "violation",
     )
 
 
