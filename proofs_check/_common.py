@@ -29,22 +29,22 @@ from alflb.routing import expert_load, route_topk, routing_margin, topk_sum
 from alflb.rules import RuleUpdate, SignRule, UpdateRule, make_rule
 
 __all__ = [
+    "KINDS",
     "PROFILES",
     "ClaimResult",
     "FlippedSignRule",
     "Instance",
     "Profile",
     "Trajectory",
-    "KINDS",
     "dual_value",
-    "negative_steps",
-    "table_header",
-    "table_row",
     "lagrangian_value",
+    "negative_steps",
     "random_instance",
     "random_rule",
     "run_trajectory",
     "summarise",
+    "table_header",
+    "table_row",
 ]
 
 
@@ -102,9 +102,12 @@ class Profile:
 
 PROFILES = {
     "fast": Profile("fast", n_instances=150, n_steps=12, mc_samples=200_000, regret_seeds=6,
-                    regret_horizons=(20, 40, 80, 160)),
+                    regret_horizons=tuple(2**j for j in range(4, 11))),
+    # small instances for the mutation suite (every check under every mutant)
+    "mutants": Profile("mutants", n_instances=40, n_steps=10, mc_samples=20_000, regret_seeds=6,
+                       regret_horizons=tuple(2**j for j in range(4, 11))),
     "thorough": Profile("thorough", n_instances=3000, n_steps=25, mc_samples=2_000_000,
-                        regret_seeds=24, regret_horizons=(25, 50, 100, 200, 400)),
+                        regret_seeds=16, regret_horizons=tuple(2**j for j in range(4, 15))),
 }  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from alflb.rules import make_rule
 from ._common import ClaimResult, main_for
 
 TOL = 1e-6
-SEMANTIC_CHECKS = ("causality", "gates", "selection", "group-mask", "counting")
+SEMANTIC_CHECKS = ("causality", "gates", "selection", "group-mask", "counting")  # = __init__.SEMANTIC_CHECKS
 
 
 def _result(name: str, statement: str, n: int, parts: dict[str, float]) -> ClaimResult:
