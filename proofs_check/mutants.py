@@ -80,7 +80,7 @@ def _decay_replaced(kind: str):
 # --------------------------------------------------------------------------- simulator mutants
 def _loop(rule, scores_NTE, k, rule_cap_E, causal: bool):
     """A hand-written simulator loop (what a buggy re-implementation would look like)."""
-    n_steps, n_tokens, n_experts = scores_NTE.shape
+    _, n_tokens, n_experts = scores_NTE.shape
     cap = np.full(n_experts, k * n_tokens / n_experts)
     bias = np.asarray(rule.initial_bias(n_experts), dtype=np.float64)
     state = rule.init_state(n_experts)
