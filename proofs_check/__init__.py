@@ -47,10 +47,17 @@ CHECK_NAMES = CLAIM_MODULES + SEMANTIC_CHECKS
 
 
 def run_all(
-    profile: str = "fast", seed: int = 0, only: Sequence[str] | None = None
+    profile: str = "fast",
+    seed: int = 0,
+    only: Sequence[str] | None = None,
+    semantics: bool = False,
 ) -> list[ClaimResult]:
-    """Run the checks (all, or those named in ``only``) and return their results."""
-    names = CHECK_NAMES if not only else tuple(only)
+    """Run the checks and return their results.
+
+    Default: the paper's claims (``CLAIM_MODULES``); ``semantics=True`` adds the
+    implementation checks; ``only`` names any subset of ``CHECK_NAMES``.
+    """
+    names = (CHECK_NAMES if semantics else CLAIM_MODULES) if not only else tuple(only)
     unknown = [n for n in names if n not in CHECK_NAMES]
     if unknown:
         raise ValueError(f"unknown claim module(s) {unknown}; available: {list(CHECK_NAMES)}")

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return mutants_main("mutants" if profile == "fast" else profile, args.seed)
     t0 = time.perf_counter()
-    results = run_all(profile, args.seed, args.only)
+    results = run_all(profile, args.seed, args.only, semantics=True)
     print(format_table(results))
     print("kind: identity = consistency of the implementation (holds for any reported step, "
           "so it is not evidence for the rule); inequality and statistical checks can fail.")
