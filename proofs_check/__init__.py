@@ -1,9 +1,13 @@
-"""Executable checks of every claim of SPEC section 4 (see ``proofs_check/README.md``).
+"""Executable checks of the claims of Han & Zhong (arXiv 2512.03915) and of the
+implementation rules they rely on (see ``proofs_check/README.md``).
 
 One module per claim; each exposes ``check(profile="fast", seed=0, rules=None) ->
-ClaimResult`` and a pytest test, and runs alone with
-``python -m proofs_check.<module> [--profile thorough]``. ``python -m proofs_check``
-(and ``alflb check``) prints the whole table and exits non-zero if a claim fails.
+ClaimResult`` (with its ``kind``: identity, inequality or statistical) and a pytest
+test, and runs alone with ``python -m proofs_check.<module> [--profile thorough]``.
+:mod:`.semantics` holds the implementation checks (causality, gates, selection, group
+mask, counting); :mod:`.mutants` the mutation suite. ``python -m proofs_check`` (and
+``alflb check``) prints the whole table and exits non-zero if a check fails;
+``--mutants`` prints the mutant x check matrix.
 """
 
 from __future__ import annotations
@@ -11,9 +15,19 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
-from ._common import PROFILES, ClaimResult, FlippedSignRule, format_table
+from ._common import KINDS, PROFILES, ClaimResult, FlippedSignRule, format_table, table_row
 
-__all__ = ["CLAIM_MODULES", "PROFILES", "ClaimResult", "FlippedSignRule", "format_table", "run_all"]
+__all__ = [
+    "CHECK_NAMES",
+    "CLAIM_MODULES",
+    "KINDS",
+    "PROFILES",
+    "ClaimResult",
+    "FlippedSignRule",
+    "format_table",
+    "run_all",
+    "table_row",
+]
 
 # Order of the table.
 CLAIM_MODULES = (
@@ -27,16 +41,32 @@ CLAIM_MODULES = (
     "strong_convexity",
     "log_regret",
 )
+# Implementation checks of proofs_check.semantics, after the claims.
+SEMANTIC_CHECKS = ("causality", "gates", "selection", "group-mask", "counting")
+CHECK_NAMES = CLAIM_MODULES + SEMANTIC_CHECKS
 
 
 def run_all(
-    profile: str = "fast", seed: int = 0, only: Sequence[str] | None = None
+    profile: str = "fast",
+    seed: int = 0,
+    only: Sequence[str] | None = None,
+    semantics: bool = False,
 ) -> list[ClaimResult]:
-    """Run the checks (all, or the modules named in ``only``) and return their results."""
-    names = CLAIM_MODULES if not only else tuple(only)
-    unknown = [n for n in names if n not in CLAIM_MODULES]
+    """Run the checks and return their results.
+
+    Default: the paper's claims (``CLAIM_MODULES``); ``semantics=True`` adds the
+    implementation checks; ``only`` names any subset of ``CHECK_NAMES``.
+    """
+    names = (CHECK_NAMES if semantics else CLAIM_MODULES) if not only else tuple(only)
+    unknown = [n for n in names if n not in CHECK_NAMES]
     if unknown:
-        raise ValueError(f"unknown claim module(s) {unknown}; available: {list(CLAIM_MODULES)}")
-    return [
-        importlib.import_module(f"{__name__}.{n}").check(profile=profile, seed=seed) for n in names
-    ]
+        raise ValueError(f"unknown claim module(s) {unknown}; available: {list(CHECK_NAMES)}")
+    out = []
+    for n in names:
+        if n in SEMANTIC_CHECKS:
+            from .semantics import CHECKS
+
+            out.append(CHECKS[n](profile=profile, seed=seed))
+        else:
+            out.append(importlib.import_module(f"{__name__}.{n}").check(profile=profile, seed=seed))
+    return out

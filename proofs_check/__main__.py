@@ -1,4 +1,4 @@
-"""``python -m proofs_check [--profile fast|thorough] [--seed N] [--only MODULE ...]``."""
+"""``python -m proofs_check [--profile fast|thorough] [--seed N] [--only MODULE ...] [--mutants]``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from . import CLAIM_MODULES, PROFILES, format_table, run_all
+from . import CHECK_NAMES, PROFILES, format_table, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,13 +14,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     parser.add_argument("--thorough", action="store_true", help="same as --profile thorough")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="+", choices=CLAIM_MODULES, metavar="MODULE")
+    parser.add_argument("--only", nargs="+", choices=CHECK_NAMES, metavar="MODULE")
+    parser.add_argument("--mutants", action="store_true",
+                        help="run the mutation suite: every mutant through every check")
     parser.add_argument("--details", action="store_true", help="print each claim's details")
     args = parser.parse_args(argv)
     profile = "thorough" if args.thorough else args.profile
+    if args.mutants:
+        from .mutants import main as mutants_main
+
+        return mutants_main("mutants" if profile == "fast" else profile, args.seed)
     t0 = time.perf_counter()
-    results = run_all(profile, args.seed, args.only)
+    results = run_all(profile, args.seed, args.only, semantics=True)
     print(format_table(results))
+    print("kind: identity = consistency of the implementation (holds for any reported step, "
+          "so it is not evidence for the rule); inequality and statistical checks can fail.")
     if args.details:
         for r in results:
             print(f"\n[{r.claim}]")
@@ -28,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key}: {value}")
     failed = [r.claim for r in results if not r.passed]
     print(f"\nprofile {profile}, seed {args.seed}, {time.perf_counter() - t0:.1f} s: "
-          + (f"FAILED: {', '.join(failed)}" if failed else "all claims hold"))  # fmt: skip
+          + (f"FAILED: {', '.join(failed)}" if failed else "every check passes"))  # fmt: skip
     return 1 if failed else 0
 
 

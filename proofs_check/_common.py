@@ -29,6 +29,7 @@ from alflb.routing import expert_load, route_topk, routing_margin, topk_sum
 from alflb.rules import RuleUpdate, SignRule, UpdateRule, make_rule
 
 __all__ = [
+    "KINDS",
     "PROFILES",
     "ClaimResult",
     "FlippedSignRule",
@@ -37,10 +38,13 @@ __all__ = [
     "Trajectory",
     "dual_value",
     "lagrangian_value",
+    "negative_steps",
     "random_instance",
     "random_rule",
     "run_trajectory",
     "summarise",
+    "table_header",
+    "table_row",
 ]
 
 
@@ -49,9 +53,20 @@ __all__ = [
 class ClaimResult:
     """The outcome of one claim's check.
 
-    ``worst`` is the largest residual (exact identities) or violation (inequalities,
-    positive = violated) seen; ``passed`` is ``worst <= tolerance`` for exact claims, and
-    the claim's own criterion for empirical ones; ``verdict`` is one line for the table.
+    ``kind`` says what a pass is evidence of:
+
+    - ``identity``: an algebraic identity that holds for *any* step ``eps`` (of either
+      sign) once a rule reports the step it took. A pass shows that the implementation is
+      consistent (routing, loads, the dual and the reported steps agree); it is not
+      evidence that the rule is right. Identity checks also assert ``eps >= 0``.
+    - ``inequality``: a bound that a wrong rule or router can violate (it uses
+      ``eps >= 0``, the direction of the update, or a property of the router).
+    - ``statistical``: a measured rate, modulus or growth with a stated margin.
+
+    ``worst`` is the largest value of ``measure`` seen (``residual`` of an identity,
+    ``violation`` of an inequality, positive = violated, ``z-score``, ``ratio``...);
+    ``passed`` is ``worst <= tolerance`` for identities and inequalities, and the claim's
+    own criterion for statistical ones; ``verdict`` is one line for the table.
     """
 
     claim: str
@@ -61,8 +76,16 @@ class ClaimResult:
     tolerance: float
     passed: bool
     verdict: str
-    kind: str = "exact"  # "exact", "inequality", "empirical" or "monte-carlo"
+    kind: str = "identity"  # one of KINDS
     details: dict[str, Any] = field(default_factory=dict)
+    measure: str = "residual"  # what ``worst`` measures (the table's "worst" column)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+
+KINDS = ("identity", "inequality", "statistical")
 
 
 @dataclass(frozen=True)
@@ -79,9 +102,12 @@ class Profile:
 
 PROFILES = {
     "fast": Profile("fast", n_instances=150, n_steps=12, mc_samples=200_000, regret_seeds=6,
-                    regret_horizons=(20, 40, 80, 160)),
+                    regret_horizons=tuple(2**j for j in range(4, 11))),
+    # small instances for the mutation suite (every check under every mutant)
+    "mutants": Profile("mutants", n_instances=40, n_steps=10, mc_samples=20_000, regret_seeds=6,
+                       regret_horizons=tuple(2**j for j in range(4, 11))),
     "thorough": Profile("thorough", n_instances=3000, n_steps=25, mc_samples=2_000_000,
-                        regret_seeds=24, regret_horizons=(25, 50, 100, 200, 400)),
+                        regret_seeds=16, regret_horizons=tuple(2**j for j in range(4, 15))),
 }  # fmt: skip
 
 
@@ -102,13 +128,28 @@ def summarise(
     n_instances: int,
     **details: Any,
 ) -> ClaimResult:
-    """A :class:`ClaimResult` for an exact claim: passes iff every value <= tolerance."""
+    """A :class:`ClaimResult` that passes iff every value <= tolerance.
+
+    An identity that passes is reported ``consistent`` (it cannot fail for a wrong rule
+    that reports its step); an inequality ``holds``.
+    """
     worst = float(np.max(values)) if len(values) else 0.0
     passed = worst <= tolerance and n_instances > 0
-    verdict = "holds" if passed else f"VIOLATED ({sum(v > tolerance for v in values)} cases)"
+    ok = "consistent" if kind == "identity" else "holds"
+    verdict = ok if passed else f"VIOLATED ({sum(v > tolerance for v in values)} cases)"
+    measure = "residual" if kind == "identity" else "violation"
     return ClaimResult(
-        claim, statement, n_instances, worst, tolerance, passed, verdict, kind, details
+        claim, statement, n_instances, worst, tolerance, passed, verdict, kind, details, measure
     )
+
+
+def negative_steps(traj: Trajectory) -> list[float]:
+    """``max(0, -min_k eps_k^n)`` per step: every rule of the family has ``eps >= 0``.
+
+    The identities hold for steps of either sign; this is the part of an identity check
+    that a consistently reversed rule (which reports its negative step) fails.
+    """
+    return [max(0.0, -float(np.min(s))) for s in traj.step_NE]
 
 
 # --------------------------------------------------------------------------- instances
@@ -311,28 +352,29 @@ def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 # --------------------------------------------------------------------------- reporting
 def format_table(results: Sequence[ClaimResult]) -> str:
-    """A plain-text table: claim, statement, instances, worst residual/violation, verdict."""
-    rows = [("claim", "statement", "instances", "worst", "tol", "verdict")]
-    for r in results:
-        rows.append(
-            (
-                r.claim,
-                r.statement,
-                str(r.n_instances),
-                f"{r.worst:.3g}",
-                f"{r.tolerance:.2g}",
-                r.verdict,
-            )
-        )
-    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
-    widths[1] = min(widths[1], 64)
+    """A plain-text table: claim, kind, statement, instances, worst (with what it measures),
+    tolerance, verdict."""
+    rows = [table_header()] + [table_row(r) for r in results]
+    ncol = len(rows[0])
+    widths = [max(len(row[j]) for row in rows) for j in range(ncol)]
+    widths[2] = min(widths[2], 56)
     lines = []
     for idx, row in enumerate(rows):
-        cells = [row[j][: widths[j]].ljust(widths[j]) if j < 5 else row[j] for j in range(6)]
+        cells = [row[j][: widths[j]].ljust(widths[j]) if j < ncol - 1 else row[j] for j in range(ncol)]
         lines.append("  ".join(cells).rstrip())
         if idx == 0:
-            lines.append("  ".join("-" * w for w in widths[:5]) + "  " + "-" * 7)
+            lines.append("  ".join("-" * w for w in widths[:-1]) + "  " + "-" * 7)
     return "\n".join(lines)
+
+
+def table_header() -> tuple[str, ...]:
+    return ("claim", "kind", "statement", "instances", "worst", "tol", "verdict")
+
+
+def table_row(r: ClaimResult) -> tuple[str, ...]:
+    """One row of the claims table (the data the README and the demo are built from)."""
+    return (r.claim, r.kind, r.statement, str(r.n_instances), f"{r.worst:.3g} {r.measure}",
+            f"{r.tolerance:.2g}", r.verdict)  # fmt: skip
 
 
 def main_for(check: Callable[..., ClaimResult], argv: Sequence[str] | None = None) -> int:

@@ -91,7 +91,7 @@ def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
         values.append(residual + switched)  # any switch is a violation of size >= 1
         n += 1
     tight = constant_two_is_tight()
-    result = summarise("C-c", STATEMENT, values, TOL, "exact", n, switching_tokens=switches,
+    result = summarise("C-c", STATEMENT, values, TOL, "identity", n, switching_tokens=switches,
                        constant_2_tight=tight)  # fmt: skip
     if not tight:
         return ClaimResult(

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import ClaimResult, get_profile, main_for, scale_of, summarise, trajectories
+from ._common import (
+    ClaimResult,
+    get_profile,
+    main_for,
+    negative_steps,
+    scale_of,
+    summarise,
+    trajectories,
+)
 from .t1_lagrangian import switching_benefits
 
 STATEMENT = "sum_n sum_k eps (A - c)^2 = g(p0) - g(pN) + sum_n sum_i b_i"
@@ -38,8 +46,8 @@ def residual(traj) -> float:
 def check(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
     """Check the telescoped identity on seeded random trajectories."""
     prof = get_profile(profile)
-    values = [residual(t) for t in trajectories(prof, seed + 505, rules)]
-    return summarise("telescoping", STATEMENT, values, TOL, "exact", len(values))
+    values = [max(residual(t), *negative_steps(t)) for t in trajectories(prof, seed + 505, rules)]
+    return summarise("telescoping", STATEMENT, values, TOL, "identity", len(values))
 
 
 def test_telescoping(thorough):

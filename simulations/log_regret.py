@@ -1,73 +1,79 @@
-"""Logarithmic regret of 1/n steps versus constant steps and the sign rule (SPEC section 4).
+"""Logarithmic regret of ``1/(mu n)`` steps versus a constant step and the sign rule.
 
-``eps_n = 1/(mu (n+1))`` on a strongly convex expected dual gives E R_N <= (G^2/2mu)(1 + ln N)
-[HAK]; constant steps (the uniform rule, and the sign rule) grow like sqrt(N) or N. The
-stream is skewed (so the optimal bias is not 0) and i.i.d. over steps; mu is measured from
-the stream (the smallest non-zero eigenvalue of the Hessian of E f_n, estimated by finite
-differences of the loads at p*), and the regret is against the exact pooled optimum.
-Reported: R_N / ln N at each prefix, and which of ln n, sqrt n, n fits R_n best.
+Claim (Han & Zhong, arXiv 2512.03915, with the standard argument of Hazan, Agarwal and
+Kale 2007; the exact constants of the paper were not available, the form is
+reconstructed): steps ``1/(mu n)`` on a ``mu``-strongly convex expected dual give regret
+``O(ln N)``; constant steps do not. Setting and measurement: :mod:`proofs_check.log_regret`
+(``T = 8``, ``E = 4``, ``K = 1``, Gaussian scores; exact ``F`` and ``p*`` by quadrature;
+static regret against the exact pooled optimum). The verdict per rule comes from
+:func:`proofs_check.growth.classify` (increments per doubling with 95% intervals, their
+trend, a free exponent with a seed-bootstrap interval).
+
+``python simulations/log_regret.py [--max-log2 14] [--seeds 16] [--out DIR]``: one
+``seed_<s>.npz`` per seed in ``DIR`` (resumable: finished seeds are skipped), then
+``summary.json`` and ``summary.txt``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+from pathlib import Path
+
 import numpy as np
-from _common import parse_args, run
 
-from alflb.regret import estimate_pstar, fit_growth
-from alflb.routing import expert_load, route_topk
-from alflb.simulator import SimulationConfig
-from alflb.streams import make_stream
-
-
-def measured_mu(stream, n_tokens, n_experts, k, n_batches=200, delta=0.01, seed=12345) -> float:
-    """Smallest non-zero eigenvalue of d E[A(p)] / dp at p* (tokens per unit bias, per batch)."""
-    scores = stream.sample(n_batches, n_tokens, n_experts, rng=seed).astype(np.float64)
-    cap = np.full(n_experts, k * n_tokens // n_experts)
-    pstar = estimate_pstar(scores, k, cap)
-    flat = scores.reshape(-1, n_experts)
-    jac = np.empty((n_experts, n_experts))
-    for j in range(n_experts):
-        step = np.zeros(n_experts)
-        step[j] = delta
-        up = expert_load(route_topk(flat, pstar + step, k))
-        down = expert_load(route_topk(flat, pstar - step, k))
-        jac[:, j] = (up - down) / (2 * delta) / n_batches
-    eig = np.linalg.eigvalsh((jac + jac.T) / 2)
-    return float(eig[1])  # eig[0] ~ 0: the flat direction 1
+from proofs_check import log_regret as lr
+from proofs_check.growth import classify
 
 
 def main() -> None:
-    args = parse_args("log_regret", __doc__)
-    # The pooled comparator is one exact solve over N*T tokens: keep N*T near 0.5M for --full.
-    n_steps, n_tokens, n_experts, k = (4096, 128, 8, 2) if args.full else (1024, 256, 8, 2)
-    stream_params = {"zipf_s": 0.5}
-    mu = measured_mu(make_stream("skewed", **stream_params), n_tokens, n_experts, k)
-    a = 1.0 / mu
-    print(f"measured mu = {mu:.1f} tokens per unit bias per batch -> decay a = 1/mu = {a:.3g}")
-    config = SimulationConfig(
-        stream="skewed",
-        stream_params=stream_params,
-        policies=(
-            f"decay:a={a:.4g}:normalize=false:label=decay_1_over_mu_n",
-            f"uniform:eps={a:.4g}:normalize=false:label=constant_eps",
-            "sign:u=0.01",
-            "sign:u=0.001",
-            "quantile",
-        ),
-        n_steps=n_steps, n_tokens=n_tokens, n_experts=n_experts, k=k,
-        n_seeds=8 if args.full else 4, prefix_points=12 if args.full else 11,
-        record_t1=False, dynamic=False, pseudo_batches=200,
-    )
-    result = run(args, "log_regret", config)
-    grid = result.references[0].prefix_n_G
-    keep = grid >= 2
-    print("\nR_n / ln n (mean over seeds; static regret against each prefix's pooled optimum)")
-    print(f"{'policy':<22}" + "".join(f"{n:>8d}" for n in grid[keep]) + "   best fit")
-    for label in result.labels:
-        grid, band = result.prefix_regret_band(label)
-        fit = fit_growth(grid[grid >= 8], band.mean[grid >= 8])
-        print(f"{label:<22}" + "".join(f"{v:>8.2f}" for v in band.mean[keep] / np.log(grid[keep]))
-              + f"   {fit.best} (R^2 {fit.r_squared[fit.best]:.3f})")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-log2", type=int, default=14, help="largest horizon is 2**this")
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/simulations/log_regret"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    horizons = [2**j for j in range(4, args.max_log2 + 1)]
+    st = lr.setting()
+    rules = lr.default_rules(st["mu"])
+    children = np.random.SeedSequence(args.seed + 910).spawn(args.seeds)  # as in the check
+    t0 = time.perf_counter()
+    for s, child in enumerate(children):
+        path = args.out / f"seed_{s}.npz"
+        if path.exists():
+            with np.load(path) as d:
+                if list(d["horizons"]) == horizons:
+                    continue
+        stream = lr.draw(np.random.default_rng(child), max(horizons))
+        arrays = {"horizons": np.array(horizons)}
+        for i, rule in enumerate(rules.values()):
+            arrays[f"pseudo_{i}"], arrays[f"static_{i}"] = lr.regret_curves(
+                rule, stream, horizons, st["f_star"]
+            )
+        np.savez(path, **arrays)
+        print(f"seed {s} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    lines, summary = [], {"horizons": horizons, "seeds": args.seeds, "mu": st["mu"],
+                          "curvature_path": st["mu_path"].tolist(), "rules": {}}  # fmt: skip
+    for i, name in enumerate(rules):
+        summary["rules"][name] = {}
+        for kind in ("pseudo", "static"):
+            r = np.array([np.load(args.out / f"seed_{s}.npz")[f"{kind}_{i}"] for s in range(args.seeds)])
+            g = classify(horizons, r)
+            summary["rules"][name][kind] = {
+                "verdict": g.verdict, "increments_mean": g.increments_mean,
+                "increments_ci": g.increments_ci, "rel_slope": g.rel_slope,
+                "rel_slope_ci": g.rel_slope_ci, "exponent": g.exponent, "exponent_ci": g.exponent_ci,
+                "mean_R": r.mean(axis=0).tolist(),
+                "R_over_lnN": (r.mean(axis=0) / np.log(horizons)).tolist(),
+            }  # fmt: skip
+            lines.append(f"{name} [{kind}] {g.summary()}")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    text = (f"horizons 2^4..2^{args.max_log2}, {args.seeds} seeds, mu = {st['mu']:.4f} (min curvature "
+            f"on 0->p*; {st['mu_path'][-1]:.4f} at p*)\n" + "\n".join(lines))
+    (args.out / "summary.txt").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,186 +1,205 @@
-"""The model comparison: sign rule vs auxiliary loss vs no balancing, plus a u sweep.
+"""A fair model comparison: auxiliary losses vs bias rules vs none, several seeds each.
 
-The ``small`` preset (4 layers, the first dense; 16 routed experts top-4, 1 shared;
-sigmoid router) on the default corpus (the standard library's ``*.py`` files, byte-level),
-every run with the same seed, data order and schedule:
+Configurations (every one trained with the same preset, schedule, data and seeds):
 
-- ``none``: no balancing;
-- ``aux``: Switch/GShard auxiliary loss, ``alpha = 1e-3`` ([W]);
-- ``sign u=...``: the DeepSeek sign rule at each ``u`` of the sweep (``1e-3`` is [W]'s
-  value, tuned for 40,000-step runs; SPEC section 9 warns that a short run may stay
-  collapsed at that rate).
+- ``aux a=...``: Switch/GShard auxiliary loss, ``alpha`` in {1e-3, 3e-3, 1e-2, 3e-2};
+- ``sign+seq_aux``: the sign rule (``u = 1e-3``) with DeepSeek-V3's complementary
+  sequence-wise loss, ``alpha = 1e-4``;
+- ``global_aux``: the auxiliary loss on global-batch counts (``alpha = 1e-3``);
+- ``sign u=...``: the sign rule, ``u`` in {1e-3, 3e-3, 1e-2};
+- ``quantile``: quantile balancing (exact per-batch dual step);
+- ``none``: no balancing.
 
-Per run: validation loss, perplexity and bits per byte; ``MaxVio_global`` over the
-validation set's summed loads; mean ``MaxVio_batch`` over all steps and over the last
-100 steps. MaxVio = (max_k A_k - mean_k A_k) / mean_k A_k per MoE layer, averaged over
-the 3 MoE layers. The table goes to ``OUT/results.md`` (and ``results.json``), curves to
-``OUT/comparison.png``; each run's own folder sits under ``OUT/runs/``. The trace of the
-``sign u=1e-3`` run is replayed through the simulator (``alflb simulate --trace``) into
-``OUT/replay/``.
+Per run (from its ``metrics.csv``): the final validation loss; ``MaxVio_global``
+(``(max_k A_k - mean_k A_k) / mean_k A_k`` on the loads summed over the validation set,
+averaged over MoE layers) averaged over the last ``--last-evals`` (>= 3) evaluations; the
+least-squares slope of the validation loss against the step over the last 20% of steps
+(is the run still improving?); the mean ``MaxVio_batch``. Per configuration: mean and
+95% t-interval over seeds. Output in ``OUT``: ``runs/<config>/seed<s>/`` (each a
+:func:`alflb.model.train.train` run folder plus ``summary.json``; finished runs are
+skipped, so a killed comparison resumes), ``results.json``, ``results.md`` and
+``pareto.png`` (validation loss against MaxVio_global, 95% bars both ways).
 
-Runs are independent processes (``--jobs``, ``--threads`` each); a killed comparison
-continues where it stopped (``resume``).
+Full run (hours on CPU; do not start it casually)::
 
-Run::
+    python simulations/model_comparison.py --preset small --steps 2000 --seeds 3 \\
+        --jobs 2 --out runs/simulations/model_comparison
 
-    nohup python simulations/model_comparison.py --out results/model_comparison \\
-        > results/model_comparison.log 2>&1 &
+Smoke test (about a minute)::
+
+    python simulations/model_comparison.py --smoke --out /tmp/model_comparison_smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import subprocess
-import sys
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-RUNS_HELP = "none, aux and the sign rule at every u of --u-sweep"
-
-
-def _spec(args) -> list[dict]:
-    runs = [{"name": "none", "mode": "none"}, {"name": f"aux a={args.alpha:g}", "mode": "aux", "alpha": args.alpha}]
-    runs += [{"name": f"sign u={u:g}", "mode": "sign", "u": u} for u in args.u_sweep]
-    return runs
+from scipy import stats
 
 
-def _folder(name: str) -> str:
-    return name.replace(" ", "_").replace("=", "")
+def configurations(smoke: bool = False) -> dict[str, dict]:
+    """Name -> BalanceConfig keyword arguments."""
+    configs = {f"aux a={a:g}": {"mode": "aux", "alpha": a} for a in (1e-3, 3e-3, 1e-2, 3e-2)}
+    configs["sign+seq_aux"] = {"mode": "sign", "u": 1e-3, "seq_alpha": 1e-4}
+    configs["global_aux"] = {"mode": "global_aux", "alpha": 1e-3}
+    configs.update({f"sign u={u:g}": {"mode": "sign", "u": u} for u in (1e-3, 3e-3, 1e-2)})
+    configs["quantile"] = {"mode": "quantile"}
+    configs["none"] = {"mode": "none"}
+    if smoke:
+        configs = {k: configs[k] for k in ("aux a=0.01", "sign u=0.01", "none")}
+    return configs
 
 
-def _run_one(run: dict, args_d: dict) -> dict:
-    import torch
+def _run_dir(out: Path, name: str, seed: int) -> Path:
+    safe = name.replace(" ", "_").replace("=", "").replace("+", "_")
+    return out / "runs" / safe / f"seed{seed}"
 
-    torch.set_num_threads(args_d["threads"])
-    from alflb.model.balancing import BalanceConfig
-    from alflb.model.train import TrainConfig, read_metrics, train
 
-    balance = BalanceConfig(mode=run["mode"], u=run.get("u", 1e-3), alpha=run.get("alpha"))
-    trace_steps = tuple(range(args_d["trace_every"], args_d["steps"] + 1, args_d["trace_every"])) \
-        if run.get("trace") else ()
-    cfg = TrainConfig.from_preset(
-        "small", balance=balance, steps=args_d["steps"], batch_size=args_d["batch_size"],
-        seq_len=args_d["seq_len"], eval_every=args_d["eval_every"], eval_windows=args_d["eval_windows"],
-        checkpoint_every=args_d["eval_every"], seed=args_d["seed"], device="cpu", progress=False,
-        trace_steps=trace_steps, corpus=args_d["corpus"],
-    )
-    t0 = time.time()
-    res = train(cfg, Path(args_d["out"]) / "runs" / _folder(run["name"]), resume=True)
-    rows = read_metrics(res.run_dir)
-    mv = np.array([r["maxvio_batch"] for r in rows])
+def _read_metrics(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open(newline="") as fh:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                for row in csv.DictReader(fh)]  # fmt: skip
+
+
+def summarise_run(run_dir: Path, steps: int, last_evals: int) -> dict:
+    rows = _read_metrics(run_dir)
+    evals = [r for r in rows if r.get("val_loss") is not None]
+    if len(evals) < last_evals:
+        raise ValueError(f"{run_dir}: {len(evals)} evaluations, need >= {last_evals}")
+    tail = [r for r in evals if r["step"] > 0.8 * steps]
+    slope = (float(np.polyfit([r["step"] for r in tail], [r["val_loss"] for r in tail], 1)[0])
+             if len(tail) >= 2 else math.nan)  # fmt: skip
+    batch = [r["maxvio_batch"] for r in rows if r.get("maxvio_batch") is not None]
     return {
-        "name": run["name"], "mode": run["mode"], "u": run.get("u"), "alpha": run.get("alpha"),
-        "steps": res.steps, "val_loss": res.eval.loss, "val_ppl": res.eval.ppl, "val_bpb": res.eval.bpb,
-        "maxvio_global": res.eval.maxvio_global, "maxvio_global_layers": res.eval.maxvio_global_L.tolist(),
-        "maxvio_batch_mean": float(mv.mean()), "maxvio_batch_last100": float(mv[-100:].mean()),
-        "seconds": time.time() - t0, "run_dir": str(res.run_dir),
+        "val_loss": evals[-1]["val_loss"],
+        "maxvio_global": float(np.mean([r["maxvio_global"] for r in evals[-last_evals:]])),
+        "val_loss_slope_last20": slope,
+        "maxvio_batch_mean": float(np.mean(batch)) if batch else math.nan,
+        "n_evals": len(evals),
     }
 
 
-def _table(results: list[dict], args) -> str:
-    lines = [
-        f"# small-preset comparison ({args.steps} steps, batch {args.batch_size} x {args.seq_len} bytes, "
-        f"seed {args.seed}, default corpus)",
-        "",
-        "MaxVio = (max_k A_k - mean_k A_k) / mean_k A_k of one MoE layer's loads, averaged over the "
-        "3 MoE layers. MaxVio_global: loads summed over the validation windows. MaxVio_batch: one "
-        "optimiser step's global batch. Loss in nats/byte.",
-        "",
-        "| run | val loss | val ppl | bits/byte | MaxVio_global | mean MaxVio_batch | MaxVio_batch (last 100) | MaxVio_global per layer |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        layers = ", ".join(f"{v:.3f}" for v in r["maxvio_global_layers"])
-        lines.append(
-            f"| {r['name']} | {r['val_loss']:.4f} | {r['val_ppl']:.3f} | {r['val_bpb']:.4f} | "
-            f"{r['maxvio_global']:.3f} | {r['maxvio_batch_mean']:.3f} | {r['maxvio_batch_last100']:.3f} | {layers} |"
-        )
-    return "\n".join(lines) + "\n"
+def _run_one(job: dict) -> dict:
+    import torch
+
+    from alflb.model import BalanceConfig, TrainConfig, get_preset, train
+
+    torch.set_num_threads(job["threads"])
+    run_dir = Path(job["run_dir"])
+    done = run_dir / "summary.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = TrainConfig(model=get_preset(job["preset"]), preset=job["preset"],
+                      balance=BalanceConfig(**job["balance"]), steps=job["steps"],
+                      batch_size=job["batch_size"], seq_len=job["seq_len"],
+                      eval_every=job["eval_every"], checkpoint_every=job["steps"],
+                      seed=job["seed"], device="cpu", progress=False)  # fmt: skip
+    resume = (run_dir / "checkpoints").exists()
+    train(cfg, run_dir, resume=resume, overwrite=not resume and run_dir.exists())
+    summary = {"config": job["name"], "seed": job["seed"],
+               **summarise_run(run_dir, job["steps"], job["last_evals"])}  # fmt: skip
+    done.write_text(json.dumps(summary, indent=1))
+    return summary
 
 
-def _plot(results: list[dict], out: Path) -> None:
+def _ci(values) -> tuple[float, float]:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else math.nan, math.nan)
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+METRICS = ("val_loss", "maxvio_global", "val_loss_slope_last20", "maxvio_batch_mean")
+
+
+def aggregate(results: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["config"] for r in results):
+        rows = [r for r in results if r["config"] == name]
+        out[name] = {"seeds": len(rows), **{m: _ci([r[m] for r in rows]) for m in METRICS}}
+    return out
+
+
+def table(agg: dict[str, dict], header: str) -> str:
+    lines = [header, "",
+             "| configuration | seeds | val loss | MaxVio_global (last evals) | val-loss slope, last 20% "
+             "(per step) | MaxVio_batch (mean) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, a in agg.items():
+        cells = [f"{a[m][0]:.4g} ± {a[m][1]:.2g}" for m in METRICS]
+        lines.append(f"| {name} | {a['seeds']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("± is the half-width of the 95% t-interval over seeds. MaxVio = (max_k A_k - mean_k "
+                 "A_k) / mean_k A_k, averaged over MoE layers.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def pareto(agg: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from alflb.metrics import smooth
-    from alflb.model.train import read_metrics
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        rows = read_metrics(r["run_dir"])
-        step = [x["step"] for x in rows]
-        axes[0].plot(step, smooth(np.array([x["maxvio_batch"] for x in rows]), 50), label=r["name"])
-        ev = [x for x in rows if x["val_loss"] is not None]
-        axes[1].plot([x["step"] for x in ev], [x["val_loss"] for x in ev], "o-", label=r["name"])
-    axes[0].set(xlabel="optimiser step", ylabel="MaxVio_batch (mean of 50 steps, over MoE layers)")
-    axes[1].set(xlabel="optimiser step", ylabel="validation loss (nats/byte)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, a in agg.items():
+        (x, dx), (y, dy) = a["maxvio_global"], a["val_loss"]
+        ax.errorbar(x, y, xerr=0 if math.isnan(dx) else dx, yerr=0 if math.isnan(dy) else dy,
+                    fmt="o", capsize=3, label=name)  # fmt: skip
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("MaxVio_global (mean of the last evaluations)")
+    ax.set_ylabel("validation loss (nats per byte)")
+    ax.set_title("Balance vs quality (mean ± 95% CI over seeds)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=110)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("results/model_comparison"))
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--out", type=Path, default=Path("runs/simulations/model_comparison"))
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--eval-windows", type=int, default=256)
-    ap.add_argument("--alpha", type=float, default=1e-3, help="aux-loss coefficient")
-    ap.add_argument("--u-sweep", type=lambda s: [float(v) for v in s.split(",")], default=[1e-3, 3e-3, 1e-2, 3e-2])
-    ap.add_argument("--trace-u", type=float, default=1e-3, help="the sign run whose router trace is replayed")
-    ap.add_argument("--trace-every", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--corpus", default=None, help="default: the standard library's *.py files")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--last-evals", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--smoke", action="store_true", help="tiny preset, 12 steps, 3 configurations")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs = _spec(args)
-    for r in runs:
-        r["trace"] = r["mode"] == "sign" and r["u"] == args.trace_u
-    args_d = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if args.seeds < 3 and not args.smoke:
+        ap.error("a fair comparison needs >= 3 seeds per configuration")
+    if args.last_evals < 3:
+        ap.error("--last-evals must be >= 3")
+    if args.smoke:
+        args.preset, args.steps, args.batch_size, args.seq_len = "tiny", 12, 4, 32
+    eval_every = max(1, args.steps // 25)  # >= 5 evaluations in the last 20%
+    jobs = [{"name": name, "balance": bal, "seed": s, "preset": args.preset, "steps": args.steps,
+             "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": eval_every,
+             "last_evals": args.last_evals, "threads": args.threads,
+             "run_dir": str(_run_dir(args.out, name, s))}
+            for name, bal in configurations(args.smoke).items() for s in range(args.seeds)]  # fmt: skip
     t0 = time.time()
-    print(f"{len(runs)} runs ({RUNS_HELP}), {args.jobs} at a time", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(_run_one, r, args_d) for r in runs]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            r = results[-1]
-            print(f"  {r['name']:<14} val loss {r['val_loss']:.4f}  MaxVio_global {r['maxvio_global']:.3f}  "
-                  f"mean MaxVio_batch {r['maxvio_batch_mean']:.3f}  ({r['seconds']:.0f} s)", flush=True)
-    table = _table(results, args)
-    from alflb.runio import atomic_write_json, atomic_write_text
-
-    atomic_write_json(args.out / "results.json", {"args": args_d, "results": results})
-    _plot(results, args.out)
-    # Replay the recorded router trace through the simulator.
-    traced = next((r for r in results if r["mode"] == "sign" and r["u"] == args.trace_u), None)
-    replay = ""
-    if traced is not None:
-        trace = Path(traced["run_dir"]) / "traces" / "trace.npz"
-        cmd = [sys.executable, "-m", "alflb", "simulate", "--trace", str(trace), "--layer", "0", "--k", "4",
-               "--rules", "none,sign:u=1e-3,sign:u=1e-2,centred:u=1e-3,quantile", "--seeds", "1",
-               "--out", str(args.out / "replay"), "--overwrite", "--quiet", "--no-dynamic"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        replay = (f"\n## Simulator replay of the `{traced['name']}` router trace (MoE layer 1, "
-                  f"every {args.trace_every}th step)\n\n`{' '.join(cmd[1:])}`\n\n```\n"
-                  f"{proc.stdout.strip() or proc.stderr.strip()}\n```\n")
-    text = table + replay + f"\nTotal wall time: {time.time() - t0:.0f} s ({args.jobs} jobs x {args.threads} threads).\n"
-    atomic_write_text(args.out / "results.md", text)
-    print(text, flush=True)
-    print(json.dumps({"out": str(args.out)}))
+        results = list(pool.map(_run_one, jobs))
+    agg = aggregate(results)
+    header = (f"preset {args.preset}, {args.steps} steps, batch {args.batch_size} x {args.seq_len} bytes, "
+              f"{args.seeds} seeds, evaluation every {eval_every} steps; MaxVio_global averaged over "
+              f"the last {args.last_evals} evaluations")  # fmt: skip
+    text = table(agg, header)
+    (args.out / "results.json").write_text(json.dumps({"runs": results, "aggregate": agg}, indent=1))
+    (args.out / "results.md").write_text(text + "\n")
+    pareto(agg, args.out / "pareto.png")
+    print(text)
+    print(f"\n{len(jobs)} runs, {time.time() - t0:.0f} s; {args.out / 'pareto.png'}")
     return 0
 
 

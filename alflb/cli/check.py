@@ -8,15 +8,18 @@ import argparse
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "check",
-        help="verify every claim of the theory (T1, C-a..C-c, T2, T3, strong convexity, regret)",
-        description="Run proofs_check and print claim, statement, instances, worst residual, verdict. "
-        "Exit status 1 if any claim fails.",
+        help="check the claims of the theory and the implementation rules (proofs_check)",
+        description="Run proofs_check and print claim, kind (identity, inequality, statistical), "
+        "statement, instances, worst value (with what it measures), verdict. Exit status 1 if any "
+        "check fails. --mutants runs the mutation suite instead.",
     )
     parser.add_argument("--profile", choices=("fast", "thorough"), default="fast")
     parser.add_argument("--thorough", action="store_true", help="same as --profile thorough")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", metavar="MODULE", help="run only these claim modules")
     parser.add_argument("--details", action="store_true", help="print each claim's details")
+    parser.add_argument("--mutants", action="store_true",
+                        help="run every mutant through every check and print the matrix")
     parser.set_defaults(func=run)
 
 
@@ -28,4 +31,6 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--only", *args.only]
     if args.details:
         argv.append("--details")
+    if args.mutants:
+        argv.append("--mutants")
     return main(argv)
