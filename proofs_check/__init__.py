@@ -20,11 +20,13 @@ from ._common import KINDS, PROFILES, ClaimResult, FlippedSignRule, format_table
 __all__ = [
     "CHECK_NAMES",
     "CLAIM_MODULES",
+    "CLAIM_NAMES",
     "KINDS",
     "PROFILES",
     "ClaimResult",
     "FlippedSignRule",
     "format_table",
+    "resolve_check_name",
     "run_all",
     "table_row",
 ]
@@ -44,6 +46,29 @@ CLAIM_MODULES = (
 # Implementation checks of proofs_check.semantics, after the claims.
 SEMANTIC_CHECKS = ("causality", "gates", "selection", "group-mask", "counting")
 CHECK_NAMES = CLAIM_MODULES + SEMANTIC_CHECKS
+# The names the claims table shows, accepted wherever a module name is.
+CLAIM_NAMES = {
+    "T1": "t1_lagrangian", "C-a": "ca_switching", "C-b": "cb_dual_decrease",
+    "C-c": "cc_small_steps", "telescoping": "telescoping", "T2": "t2_preference",
+    "T3": "t3_balancing", "strong-convexity": "strong_convexity", "log-regret": "log_regret",
+}
+
+
+def resolve_check_name(name: str) -> str:
+    """The module of a check given its table name (``T1``, ``C-a``...) or module name.
+
+    >>> resolve_check_name("t1"), resolve_check_name("C-A"), resolve_check_name("gates")
+    ('t1_lagrangian', 'ca_switching', 'gates')
+    """
+    if name in CHECK_NAMES:
+        return name
+    folded = {k.lower(): v for k, v in CLAIM_NAMES.items()}
+    folded.update({k.replace("-", "_"): k for k in CHECK_NAMES})
+    key = name.lower()
+    if key in folded:
+        return folded[key]
+    raise ValueError(f"unknown check {name!r}; use a claim ({', '.join(CLAIM_NAMES)}) "
+                     f"or a module ({', '.join(CHECK_NAMES)})")
 
 
 def run_all(
@@ -57,10 +82,8 @@ def run_all(
     Default: the paper's claims (``CLAIM_MODULES``); ``semantics=True`` adds the
     implementation checks; ``only`` names any subset of ``CHECK_NAMES``.
     """
-    names = (CHECK_NAMES if semantics else CLAIM_MODULES) if not only else tuple(only)
-    unknown = [n for n in names if n not in CHECK_NAMES]
-    if unknown:
-        raise ValueError(f"unknown claim module(s) {unknown}; available: {list(CHECK_NAMES)}")
+    names = ((CHECK_NAMES if semantics else CLAIM_MODULES) if not only
+             else tuple(resolve_check_name(n) for n in only))
     out = []
     for n in names:
         if n in SEMANTIC_CHECKS:

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from . import CHECK_NAMES, PROFILES, format_table, run_all
+from . import CHECK_NAMES, CLAIM_NAMES, PROFILES, format_table, resolve_check_name, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,12 +14,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     parser.add_argument("--thorough", action="store_true", help="same as --profile thorough")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="+", choices=CHECK_NAMES, metavar="MODULE")
+    parser.add_argument("--only", nargs="+", metavar="CHECK",
+                        help=f"run only these checks: claims {', '.join(CLAIM_NAMES)} "
+                             f"or modules {', '.join(CHECK_NAMES)}")
     parser.add_argument("--mutants", action="store_true",
                         help="run the mutation suite: every mutant through every check")
     parser.add_argument("--details", action="store_true", help="print each claim's details")
     args = parser.parse_args(argv)
     profile = "thorough" if args.thorough else args.profile
+    if args.only:
+        try:
+            args.only = [resolve_check_name(n) for n in args.only]
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.mutants:
         from .mutants import main as mutants_main
 

@@ -18,6 +18,7 @@ overloaded expert's bias goes down.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -357,11 +358,16 @@ def format_table(results: Sequence[ClaimResult]) -> str:
     rows = [table_header()] + [table_row(r) for r in results]
     ncol = len(rows[0])
     widths = [max(len(row[j]) for row in rows) for j in range(ncol)]
-    widths[2] = min(widths[2], 56)
+    widths[2] = min(widths[2], 56)  # statements wrap at word boundaries, never cut
     lines = []
     for idx, row in enumerate(rows):
-        cells = [row[j][: widths[j]].ljust(widths[j]) if j < ncol - 1 else row[j] for j in range(ncol)]
-        lines.append("  ".join(cells).rstrip())
+        wrapped = textwrap.wrap(row[2], widths[2], break_long_words=False) or [""]
+        for n, part in enumerate(wrapped):
+            cells = [c if n == 0 else "" for c in row]
+            cells[2] = part
+            text = "  ".join(cells[j].ljust(widths[j]) if j < ncol - 1 else cells[j]
+                             for j in range(ncol))
+            lines.append(text.rstrip())
         if idx == 0:
             lines.append("  ".join("-" * w for w in widths[:-1]) + "  " + "-" * 7)
     return "\n".join(lines)

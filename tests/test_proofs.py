@@ -132,5 +132,9 @@ def test_alflb_check_sets_the_exit_status(capsys, monkeypatch):
 
 
 def test_run_all_rejects_unknown_modules():
-    with pytest.raises(ValueError, match=r"unknown claim module\(s\) \['t9'\]"):
+    with pytest.raises(ValueError, match=r"unknown check 't9'; use a claim \(T1, C-a"):
         run_all(only=["t9"])
+
+
+def test_checks_are_selected_by_their_table_names():
+    assert [r.claim for r in run_all(only=["T1", "c-b"])] == ["T1", "C-b"]

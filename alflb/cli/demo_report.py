@@ -247,24 +247,32 @@ def _stage_exact(cfg: DemoConfig, folder: Path) -> tuple[str, dict[str, Any], li
 
 
 def _stage_proofs(cfg: DemoConfig, folder: Path) -> tuple[str, dict[str, Any], list[Path]]:
-    from proofs_check import run_all
+    from proofs_check import run_all, table_row
+    from proofs_check._common import table_header
 
     results = run_all(profile=cfg.proofs_profile, seed=cfg.seed)
-    rows = [{"claim": r.claim, "statement": r.statement, "n": r.n_instances, "worst": r.worst,
-             "verdict": r.verdict if r.passed else f"FAILS: {r.verdict}"}
-            for r in results]
+    header = table_header()
+    rows = [dict(zip(header, table_row(r))) for r in results]
+    for row, r in zip(rows, results):
+        if not r.passed:
+            row["verdict"] = f"FAILS: {r.verdict}"
     text = "\n".join([
         "## 2. Every claim, checked",
         f"`proofs_check`, {cfg.proofs_profile} profile, seed {cfg.seed} (the same table as "
-        "`alflb check`). Worst is the largest residual of an identity or violation of an "
-        "inequality, in float64; see proofs_check/README.md for the statements and the T3 bound.",
+        "`alflb check`). The *kind* says what a pass is evidence of: an **identity** holds by "
+        "algebra once the implementation is consistent (its verdict is \"consistent\": it "
+        "cannot catch a rule of the wrong sign that reports its own step); an **inequality** is "
+        "broken by plausible bugs; a **statistical** claim is measured with seeds and margins. "
+        "*Worst* is the largest value of the measure it names (residual, violation, z-score, "
+        "ratio). `alflb check --mutants` shows which check catches which planted bug; "
+        "docs/theory.md states each claim and its source.",
         "",
-        _table(rows, [("claim", "claim"), ("statement", "statement"), ("n", "instances"),
-                      ("worst", "worst"), ("verdict", "verdict")]),
+        _table(rows, [(h, h) for h in header]),
         "",
     ])
     numbers = {"claims_passed": sum(r.passed for r in results), "claims_total": len(results),
-               "claims": {r.claim: bool(r.passed) for r in results}}
+               "claims": {r.claim: bool(r.passed) for r in results},
+               "kinds": {r.claim: r.kind for r in results}}
     return text, numbers, []
 
 
