@@ -29,8 +29,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ._array import backend, check_bias, check_k, check_scores
 
 __all__ = [

@@ -373,10 +373,10 @@ def test_schedules():
         ("multiplicative", {"u": 1.0}, InvalidInputError, r"u must be < 1"),
         ("momentum", {"beta": 1.0}, InvalidInputError, r"beta must be in \[0, 1\)"),
         ("momentum", {"tau": 0.0}, InvalidInputError, r"tau must be > 0"),
-        ("frozen_tail", {"freeze_after": -1}, InvalidInputError, r"freeze_after must be a non-negative integer"),
+        ("frozen_tail", {"freeze_after": -1}, InvalidInputError, r"freeze_after must be an integer >= 0"),
         ("frozen_tail", {"base": "quantile"}, InvalidInputError, r"cannot wrap a rule that needs scores"),
         ("quantile", {"ema": 1.0}, InvalidInputError, r"ema must be in \[0, 1\)"),
-        ("quantile", {"n_sweeps": 0}, InvalidInputError, r"n_sweeps must be a positive integer"),
+        ("quantile", {"n_sweeps": 0}, InvalidInputError, r"n_sweeps must be an integer >= 1"),
         ("sign", {"u": "big"}, InvalidInputError, r"u must be a real number"),
     ],
 )  # fmt: skip
@@ -409,5 +409,5 @@ def test_update_errors():
         make_rule("per_expert", eps_E=[0.1, 0.1]).update(np.zeros(3), [1, 1, 1], 1)
     with pytest.raises(InvalidInputError, match=r"n_updates must be a non-negative integer"):
         RuleState(n_updates=-1)
-    with pytest.raises(InvalidInputError, match=r"n_experts must be >= 2"):
+    with pytest.raises(InvalidInputError, match=r"n_experts must be an integer >= 2"):
         sign.initial_bias(1)
