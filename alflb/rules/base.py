@@ -281,6 +281,11 @@ class UpdateRule:
         """Build the rule from keyword parameters (the registry's hook).
 
         ``resolve`` builds a nested rule from a name or a dict (used by wrappers).
+        Unknown parameters raise :class:`~alflb.errors.InvalidInputError`.
+
+        >>> from alflb.rules import SignRule, make_rule
+        >>> SignRule.from_params("sign", {"u": 0.5}, make_rule)
+        SignRule(u=0.5, schedule=None)
         """
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = [p for p in params if p not in allowed]

@@ -159,7 +159,11 @@ class DecayRule(_ScalarStepRule):
 
     @property
     def schedule(self) -> DecaySchedule:
-        """The schedule ``a / (n + n0)``."""
+        """The schedule ``a / (n + n0)``.
+
+        >>> DecayRule(a=3.0).schedule
+        DecaySchedule(a=3.0, n0=1.0)
+        """
         return DecaySchedule(a=self.a, n0=self.n0)
 
     def rate(self, n: int) -> float:

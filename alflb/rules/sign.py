@@ -183,7 +183,12 @@ class FrozenTailRule(UpdateRule):
     @classmethod
     def from_params(cls, name: str, params: dict[str, Any], resolve: Any) -> FrozenTailRule:
         """``base`` (a name, a dict or a rule, default ``"sign"``), ``freeze_after`` and
-        any parameter of a base rule given by name."""
+        any parameter of a base rule given by name.
+
+        >>> from alflb.rules import make_rule
+        >>> FrozenTailRule.from_params("frozen_tail", {"base": "uniform", "eps": 0.5}, make_rule).base
+        UniformRule(eps=0.5, normalize=True, schedule=None)
+        """
         params = dict(params)
         base = params.pop("base", "sign")
         freeze_after = params.pop("freeze_after", 0)
@@ -198,11 +203,19 @@ class FrozenTailRule(UpdateRule):
         return cls(base=base, freeze_after=freeze_after)
 
     def capabilities(self) -> RuleCapabilities:
-        """The base rule's capabilities: the freeze changes when it steps, not how."""
+        """The base rule's capabilities: the freeze changes when it steps, not how.
+
+        >>> FrozenTailRule(base=SignRule()).capabilities().step_param
+        'u'
+        """
         return self.base.capabilities()
 
     def with_step(self, value: float) -> FrozenTailRule:
-        """A copy whose base rule has its step-size field set to ``value``."""
+        """A copy whose base rule has its step-size field set to ``value``.
+
+        >>> FrozenTailRule(base=SignRule()).with_step(0.25).base.u
+        0.25
+        """
         return dataclasses.replace(self, base=self.base.with_step(value))
 
     def _update(self, bias_E, load_E, capacity_E, state: RuleState, scores_TE) -> RuleUpdate:
