@@ -76,16 +76,12 @@ def check_k(k: Any, n_experts: int) -> int:
 
 def check_bias(bias_E: Any, n_experts: int, name: str = "bias_E") -> None:
     """Validate a bias vector: 1-D, length ``E``, finite."""
-    if is_torch(bias_E):
-        shape = tuple(bias_E.shape)
-        finite = bool(bias_E.isfinite().all())
-    else:
-        arr = to_numpy(bias_E)
-        shape = arr.shape
-        finite = bool(np.isfinite(arr).all())
+    xp = backend(bias_E)
+    b = xp.asarray(bias_E)
+    shape = tuple(b.shape)
     if shape != (n_experts,):
         raise InvalidInputError(f"{name} must have shape (E,) = ({n_experts},), got {shape}")
-    if not finite:
+    if not xp.all_finite(b):
         raise InvalidInputError(f"{name} contains NaN or inf")
 
 

@@ -157,15 +157,6 @@ class DecayRule(_ScalarStepRule):
         object.__setattr__(self, "n0", sched.n0)
         check_flag(self.normalize, "normalize")
 
-    @property
-    def schedule(self) -> DecaySchedule:
-        """The schedule ``a / (n + n0)``.
-
-        >>> DecayRule(a=3.0).schedule
-        DecaySchedule(a=3.0, n0=1.0)
-        """
-        return DecaySchedule(a=self.a, n0=self.n0)
-
     def rate(self, n: int) -> float:
         """The step ``eps_n = a / (n + n0)`` of update ``n`` (before normalisation).
 
