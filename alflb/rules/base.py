@@ -138,7 +138,7 @@ class RuleState:
         """
         if not isinstance(d, dict) or "n_updates" not in d:
             raise InvalidInputError(f"a RuleState dict needs an 'n_updates' key, got {d!r}")
-        unknown = set(d) - {"n_updates", "velocity_E"}
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InvalidInputError(f"unknown RuleState fields {sorted(unknown)}")
         v = d.get("velocity_E")
