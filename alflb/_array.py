@@ -103,7 +103,6 @@ class NumpyBackend:
     sign = staticmethod(np.sign)
     tanh = staticmethod(np.tanh)
     abs = staticmethod(np.abs)
-    where = staticmethod(np.where)
 
     @staticmethod
     def asarray(x: Any) -> np.ndarray:
@@ -189,7 +188,7 @@ class TorchBackend:
         import torch  # only reached with a tensor in hand, so torch is already loaded
 
         self.torch = torch
-        self.sign, self.tanh, self.abs, self.where = torch.sign, torch.tanh, torch.abs, torch.where
+        self.sign, self.tanh, self.abs = torch.sign, torch.tanh, torch.abs
 
     def bias_dtype(self, like: Any):
         """``like``'s dtype when it is fp32/fp64, else fp32."""

@@ -7,22 +7,15 @@ expert's bias goes down.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .._array import backend
 from ..errors import InvalidInputError
 from ..schedules import check_step
-from .base import RuleUpdate, UpdateRule, check_flag, mean_load
+from ._checks import check_flag, check_unit_interval, mean_load
+from .base import RuleUpdate, UpdateRule
 
 __all__ = ["MomentumRule"]
-
-
-def check_unit_interval(value: Any, name: str) -> float:
-    """A step-like number in ``[0, 1)`` (a momentum or EMA coefficient)."""
-    x = check_step(value, name)
-    if x >= 1:
-        raise InvalidInputError(f"{name} must be in [0, 1), got {x}")
-    return x
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from .._array import is_torch
+from .._array import to_numpy
 from ..errors import InvalidInputError
 from ..schedules import DecaySchedule, Schedule, check_step
-from .base import RuleState, RuleUpdate, UpdateRule, as_counts_like, check_flag, mean_load
-from .sign import schedule_or_constant
+from ._checks import as_counts_like, check_flag, mean_load, schedule_or_constant
+from .base import RuleState, RuleUpdate, UpdateRule
 
 __all__ = ["DecayRule", "PerExpertRule", "UniformRule"]
 
@@ -44,10 +44,7 @@ class PerExpertRule(UpdateRule):
     step_param: ClassVar[str | None] = "eps_E"
 
     def __post_init__(self) -> None:
-        raw = self.eps_E
-        if is_torch(raw):
-            raw = raw.detach().cpu().numpy()
-        arr = np.asarray(raw)
+        arr = to_numpy(self.eps_E, dtype=None)
         if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
             raise InvalidInputError(
                 f"eps_E must be a non-empty 1-D sequence of steps, got {self.eps_E!r}"

@@ -15,8 +15,8 @@ import numpy as np
 from .._array import NUMPY, backend, to_numpy
 from .._validate import positive_int
 from ..errors import InvalidInputError
-from .base import RuleUpdate, UpdateRule, check_flag
-from .momentum import check_unit_interval
+from ._checks import check_flag, check_unit_interval
+from .base import RuleUpdate, UpdateRule
 
 __all__ = ["QuantileRule", "quantile_sweep"]
 

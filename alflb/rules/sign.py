@@ -14,23 +14,11 @@ from typing import Any, ClassVar
 from .._array import backend
 from .._validate import positive_int
 from ..errors import InvalidInputError
-from ..schedules import ConstantSchedule, Schedule, check_step, schedule_from_dict
-from .base import RuleCapabilities, RuleState, RuleUpdate, UpdateRule
+from ..schedules import Schedule, check_step
+from ._checks import schedule_or_constant
+from .base import RuleState, RuleUpdate, UpdateRule
 
 __all__ = ["CentredSignRule", "FrozenTailRule", "NoUpdateRule", "SignRule"]
-
-
-def schedule_or_constant(schedule: Any, value: float) -> Schedule:
-    """``schedule`` as a :class:`~alflb.schedules.Schedule` (a dict is rebuilt; None: constant)."""
-    if schedule is None:
-        return ConstantSchedule(value)
-    if isinstance(schedule, dict):
-        schedule = schedule_from_dict(schedule)
-    if not isinstance(schedule, Schedule):
-        raise InvalidInputError(
-            f"schedule must be a Schedule or None, got {type(schedule).__name__}"
-        )
-    return schedule
 
 
 def sign_steps(u: float, diff_E: Any) -> Any:
@@ -151,7 +139,8 @@ class FrozenTailRule(UpdateRule):
 
     DeepSeek-V3 used ``u = 1e-3`` for most of training and ``u = 0`` for the last 500B
     tokens. After the freeze ``step_E`` is 0 (``None`` if the base rule has no step). The
-    capabilities (selection, step parameter, state) are the base rule's.
+    capabilities (selection, step parameter, state) are the base rule's, as attributes
+    and through :meth:`~UpdateRule.capabilities`.
 
     Parameters
     ----------
@@ -162,6 +151,8 @@ class FrozenTailRule(UpdateRule):
 
     >>> import numpy as np
     >>> r = FrozenTailRule(base=SignRule(u=1.0), freeze_after=1)
+    >>> r.capabilities().step_param, r.step_param
+    ('u', 'u')
     >>> first = r.update(np.zeros(2), [2, 0], [1, 1])
     >>> r.update(first.bias_E, [2, 0], [1, 1], first.state).bias_E.tolist()
     [-1.0, 1.0]
@@ -179,6 +170,10 @@ class FrozenTailRule(UpdateRule):
         if self.base.capabilities().needs_scores:
             raise InvalidInputError("frozen_tail cannot wrap a rule that needs scores")
         object.__setattr__(self, "freeze_after", positive_int(self.freeze_after, "freeze_after", 0))
+        # The base rule's capabilities, so that they read the same as attributes and through
+        # capabilities(): the freeze changes when the rule steps, not how.
+        for cap, value in dataclasses.asdict(self.base.capabilities()).items():
+            object.__setattr__(self, cap, value)
 
     @classmethod
     def from_params(cls, name: str, params: dict[str, Any], resolve: Any) -> FrozenTailRule:
@@ -201,14 +196,6 @@ class FrozenTailRule(UpdateRule):
                 f"rule 'frozen_tail' got base parameters {sorted(params)} with a ready-made base rule"
             )
         return cls(base=base, freeze_after=freeze_after)
-
-    def capabilities(self) -> RuleCapabilities:
-        """The base rule's capabilities: the freeze changes when it steps, not how.
-
-        >>> FrozenTailRule(base=SignRule()).capabilities().step_param
-        'u'
-        """
-        return self.base.capabilities()
 
     def with_step(self, value: float) -> FrozenTailRule:
         """A copy whose base rule has its step-size field set to ``value``.
