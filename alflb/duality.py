@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import check_bias, is_torch, to_numpy
+from ._array import backend, check_bias, to_numpy
 from .errors import InvalidInputError
 from .problem import AssignmentProblem
 from .routing import expert_load, route_topk, topk_sum
@@ -78,13 +78,28 @@ def _assignment(problem: AssignmentProblem, assignment_TE: Any) -> np.ndarray:
 
 
 def dual_function(problem: AssignmentProblem, bias_E: Any) -> float:
-    r"""The dual function ``g(p) = sum_i TopKSum(gamma_i + p) - c . p`` (float64).
+    r"""The dual function of the batch's assignment problem (float64).
+
+    .. math::
+
+        g(p) = \sum_i \operatorname{TopKSum}_K(\gamma_{i\cdot} + p) - \sum_k c_k p_k
+             = \max_{x \in X} \mathcal{L}(x, p) \;\ge\; \mathrm{OPT}
+
+    with :math:`\gamma` the problem's scores, :math:`c` its capacities and
+    :math:`X = \{x \in [0,1]^{T \times E} : \sum_k x_{ik} = K\}`. Convex and piecewise
+    linear; :math:`\min_p g(p) = \mathrm{OPT}` (strong duality).
 
     Parameters
     ----------
     problem : AssignmentProblem
     bias_E : array_like or torch.Tensor, shape (E,)
-        The bias / dual variable ``p`` (router adds it; overloaded experts go down).
+        The bias / dual variable ``p`` (the router adds it; an overloaded expert's bias
+        goes down).
+
+    Returns
+    -------
+    float
+        :math:`g(p)`; an overflow raises :class:`~alflb.errors.InvalidInputError`.
 
     Examples
     --------
@@ -101,19 +116,59 @@ def dual_function(problem: AssignmentProblem, bias_E: Any) -> float:
 
 
 def dual_subgradient(problem: AssignmentProblem, bias_E: Any) -> np.ndarray:
-    """A subgradient of ``g`` at ``p``: ``A(p) - c`` (int64, shape ``(E,)``).
+    r"""A subgradient of :math:`g` at :math:`p`, shape ``(E,)``, int64.
 
-    ``A(p)`` uses the documented tie-break of :func:`alflb.route_topk`; at a tie any
-    convex combination of the tied routings is also a subgradient.
+    .. math:: \partial g(p) \ni A(p) - c, \qquad A_k(p) = \sum_i x_{ik}(p)
+
+    where :math:`x(p)` is top-K routing of :math:`\gamma + p` with the documented
+    tie-break of :func:`alflb.route_topk`; at a tie any convex combination of the tied
+    routings is also a subgradient. Sign convention: the router adds the bias, so an
+    overloaded expert (:math:`A_k > c_k`) has a positive component and a descent step
+    lowers its bias.
+
+    Parameters
+    ----------
+    problem : AssignmentProblem
+    bias_E : array_like or torch.Tensor, shape (E,)
+
+    Returns
+    -------
+    subgradient_E : int64 ndarray, shape (E,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prob = AssignmentProblem(np.array([[1.0, 0.0], [1.0, 0.0]]), k=1)
+    >>> dual_subgradient(prob, np.zeros(2)).tolist()
+    [1, -1]
     """
     p = _bias64(problem, bias_E)
     return expert_load(route_topk(problem.scores_TE, p, problem.k)) - problem.capacity_E
 
 
 def lagrangian(problem: AssignmentProblem, assignment_TE: Any, bias_E: Any) -> float:
-    r"""``Lag(x, p) = sum_{i,k} (gamma_ik + p_k) x_ik - sum_k c_k p_k`` (float64).
+    r"""The Lagrangian of the expert constraints (float64).
 
-    ``x`` may be fractional (any point of the box); ``Lag(TopK(gamma + p), p) = g(p)``.
+    .. math:: \mathcal{L}(x, p) = \sum_{i,k} (\gamma_{ik} + p_k) x_{ik} - \sum_k c_k p_k
+
+    :math:`x` may be fractional (any point of the box);
+    :math:`\mathcal{L}(\operatorname{TopK}(\gamma + p), p) = g(p)`.
+
+    Parameters
+    ----------
+    problem : AssignmentProblem
+    assignment_TE : array_like, shape (T, E)
+        :math:`x`, finite.
+    bias_E : array_like or torch.Tensor, shape (E,)
+        The multipliers :math:`p` (the router adds them; an overloaded expert's bias
+        goes down).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prob = AssignmentProblem(np.array([[1.0, 0.0], [1.0, 0.0]]), k=1)
+    >>> lagrangian(prob, [[1, 0], [0, 1]], np.array([-0.5, 0.5]))
+    1.0
     """
     p = _bias64(problem, bias_E)
     x = _assignment(problem, assignment_TE)
@@ -123,7 +178,23 @@ def lagrangian(problem: AssignmentProblem, assignment_TE: Any, bias_E: Any) -> f
 
 
 def primal_objective(problem: AssignmentProblem, assignment_TE: Any) -> float:
-    """``sum_{i,k} gamma_ik x_ik`` (float64)."""
+    r"""The primal objective (float64).
+
+    .. math:: f(x) = \sum_{i,k} \gamma_{ik} x_{ik}
+
+    Parameters
+    ----------
+    problem : AssignmentProblem
+    assignment_TE : array_like, shape (T, E)
+        :math:`x`, finite (feasibility is not checked here).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prob = AssignmentProblem(np.array([[1.0, 0.0], [1.0, 0.0]]), k=1)
+    >>> primal_objective(prob, [[1, 0], [0, 1]])
+    1.0
+    """
     x = _assignment(problem, assignment_TE)
     with np.errstate(over="ignore", invalid="ignore"):
         value = np.sum(problem.scores_TE * x)
@@ -131,12 +202,21 @@ def primal_objective(problem: AssignmentProblem, assignment_TE: Any) -> float:
 
 
 def center_bias(bias_E: Any) -> Any:
-    """Subtract the mean: the canonical representative of a bias modulo ``t * 1``.
+    r"""The canonical representative of a bias modulo :math:`t \mathbf 1`: subtract the mean.
 
-    Routing and (with equality capacities) ``g`` are invariant to the shift, so biases are
-    compared after centring. Works on numpy arrays and torch tensors.
+    .. math:: \bar p = p - \tfrac1E \textstyle\sum_k p_k \,\mathbf 1
+
+    Routing and (with equality capacities) :math:`g` are invariant to the shift, so biases
+    are compared after centring. Numpy input gives float64; a tensor stays a tensor.
+
+    Parameters
+    ----------
+    bias_E : array_like or torch.Tensor, shape (E,)
+
+    Examples
+    --------
+    >>> center_bias([1.0, 2.0, 3.0]).tolist()
+    [-1.0, 0.0, 1.0]
     """
-    if is_torch(bias_E):
-        return bias_E - bias_E.mean()
-    b = np.asarray(bias_E, dtype=np.float64)
+    b = backend(bias_E).asarray(bias_E)
     return b - b.mean()

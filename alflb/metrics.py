@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._array import to_numpy
+from ._validate import positive_int
 from .errors import InvalidInputError
 
 __all__ = [
@@ -59,17 +60,50 @@ def _loads(load_E: Any) -> np.ndarray:
     return a
 
 
-def max_violation(load_E: Any, capacity_E: Any = None) -> np.ndarray | float:
-    """MaxVio over the last axis; 0 for a perfectly balanced load.
+def _ratio(num: np.ndarray, den: np.ndarray, default: float) -> np.ndarray:
+    """``num / den`` where ``den > 0``, ``default`` elsewhere (no division by 0)."""
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), default)
 
+
+def _scalar(out: np.ndarray, kind: type = float) -> Any:
+    """A Python scalar for a 0-d result, else the array (leading axes kept)."""
+    return kind(out) if np.ndim(out) == 0 else out
+
+
+def max_violation(load_E: Any, capacity_E: Any = None) -> np.ndarray | float:
+    r"""MaxVio over the last axis (experts); 0 for a perfectly balanced load.
+
+    .. math::
+
+        \mathrm{MaxVio} = \frac{\max_k A_k - \bar A}{\bar A}, \quad
+        \bar A = \tfrac1E \textstyle\sum_k A_k; \qquad
+        \text{with } c:\; \max_{k:\, c_k > 0} \frac{A_k - c_k}{c_k}
+
+    (0 when :math:`\bar A = 0`).
+
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (..., E)
+        Token counts :math:`A`, non-negative.
+    capacity_E : array_like, shape (..., E), optional
+        Capacities :math:`c` broadcasting against the loads, with a positive entry.
+
+    Returns
+    -------
+    float, or ndarray of the leading shape
+
+    Examples
+    --------
     >>> max_violation([2, 2, 2, 2]), max_violation([8, 0, 0, 0])
     (0.0, 3.0)
+    >>> max_violation([3, 1], capacity_E=[2, 2])
+    0.5
     """
     a = _loads(load_E)
     if capacity_E is None:
         mean = a.mean(axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(mean > 0, (a.max(axis=-1) - mean) / np.where(mean > 0, mean, 1.0), 0.0)
+            out = _ratio(a.max(axis=-1) - mean, mean, 0.0)
     else:
         c = _loads(capacity_E)
         if c.shape[-1] != a.shape[-1]:
@@ -86,61 +120,130 @@ def max_violation(load_E: Any, capacity_E: Any = None) -> np.ndarray | float:
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.where(pos, (a - c) / np.where(pos, c, 1.0), -np.inf)
         out = rel.max(axis=-1)
-    return float(out) if np.ndim(out) == 0 else out
+    return _scalar(out)
 
 
 def min_over_mean(load_E: Any) -> np.ndarray | float:
-    """``min_k A_k / mean_k A_k`` (1 when balanced, 0 when some expert is idle)."""
+    r"""The smallest load relative to the mean (1 when balanced, 0 when an expert is idle).
+
+    .. math:: \frac{\min_k A_k}{\bar A}, \qquad \bar A = \tfrac1E \textstyle\sum_k A_k
+              \quad (1 \text{ when } \bar A = 0)
+
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (..., E)
+
+    Examples
+    --------
+    >>> min_over_mean([1, 3]), min_over_mean([0, 4])
+    (0.5, 0.0)
+    """
     a = _loads(load_E)
-    mean = a.mean(axis=-1)
-    out = np.where(mean > 0, a.min(axis=-1) / np.where(mean > 0, mean, 1.0), 1.0)
-    return float(out) if np.ndim(out) == 0 else out
+    return _scalar(_ratio(a.min(axis=-1), a.mean(axis=-1), 1.0))
 
 
 def dead_experts(load_E: Any) -> np.ndarray | int:
-    """Number of experts with zero load."""
-    out = (_loads(load_E) == 0).sum(axis=-1)
-    return int(out) if np.ndim(out) == 0 else out
+    r"""The number of experts with zero load.
+
+    .. math:: \#\{k : A_k = 0\}
+
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (..., E)
+
+    Examples
+    --------
+    >>> dead_experts([0, 4, 0, 1])
+    2
+    """
+    return _scalar((_loads(load_E) == 0).sum(axis=-1), int)
 
 
 def coefficient_of_variation(load_E: Any) -> np.ndarray | float:
-    """Standard deviation over mean of the loads (population std)."""
+    r"""Standard deviation over mean of the loads (population std; 0 when all are 0).
+
+    .. math:: \mathrm{CV} = \frac{\sqrt{\tfrac1E \sum_k (A_k - \bar A)^2}}{\bar A}
+
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (..., E)
+
+    Examples
+    --------
+    >>> coefficient_of_variation([1, 3])
+    0.5
+    """
     a = _loads(load_E)
-    mean = a.mean(axis=-1)
-    out = np.where(mean > 0, a.std(axis=-1) / np.where(mean > 0, mean, 1.0), 0.0)
-    return float(out) if np.ndim(out) == 0 else out
+    return _scalar(_ratio(a.std(axis=-1), a.mean(axis=-1), 0.0))
 
 
 def load_entropy(load_E: Any, normalized: bool = True) -> np.ndarray | float:
-    """Shannon entropy of the load distribution; divided by ``ln E`` when ``normalized``."""
+    r"""Shannon entropy of the load distribution, divided by :math:`\ln E` when ``normalized``.
+
+    .. math:: H = -\sum_k q_k \ln q_k, \qquad q_k = A_k / \textstyle\sum_j A_j
+              \quad (0 \ln 0 = 0)
+
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (..., E)
+    normalized : bool
+        Divide by :math:`\ln E` (1 for a balanced load).
+
+    Examples
+    --------
+    >>> load_entropy([2, 2, 2, 2]), abs(load_entropy([8, 0, 0, 0]))
+    (1.0, 0.0)
+    """
     a = _loads(load_E)
-    total = a.sum(axis=-1, keepdims=True)
-    q = np.where(total > 0, a / np.where(total > 0, total, 1.0), 0.0)
+    q = _ratio(a, a.sum(axis=-1, keepdims=True), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(q > 0, q * np.log(q), 0.0).sum(axis=-1)
     if normalized:
         h = h / np.log(a.shape[-1])
-    return float(h) if np.ndim(h) == 0 else h
+    return _scalar(h)
 
 
 def dropped_fraction(load_E: Any, capacity_E: Any) -> np.ndarray | float:
-    """Fraction of routed slots beyond an at-most capacity: ``sum_k max(A_k - c_k, 0) / sum_k A_k``."""
+    r"""Fraction of routed slots beyond an at-most capacity (0 when nothing is routed).
+
+    .. math:: \frac{\sum_k \max(A_k - c_k, 0)}{\sum_k A_k}
+
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (..., E)
+    capacity_E : array_like, shape (..., E)
+
+    Examples
+    --------
+    >>> dropped_fraction([3, 1], [2, 2])
+    0.25
+    """
     a = _loads(load_E)
     c = _loads(capacity_E)
-    total = a.sum(axis=-1)
     over = np.maximum(a - c, 0.0).sum(axis=-1)
-    out = np.where(total > 0, over / np.where(total > 0, total, 1.0), 0.0)
-    return float(out) if np.ndim(out) == 0 else out
+    return _scalar(_ratio(over, a.sum(axis=-1), 0.0))
 
 
 def smooth(values_N: Any, window: int = 100) -> np.ndarray:
-    """Trailing moving average over the first axis (the first ``window-1`` use what exists).
+    r"""Trailing moving average over the first axis (the first ``window-1`` use what exists).
+
+    .. math:: s_n = \frac{1}{\min(n+1, w)} \sum_{j=\max(0, n-w+1)}^{n} v_j
 
     Used for ``MaxVio_batch`` curves, which [W] smooths over 100 steps.
+
+    Parameters
+    ----------
+    values_N : array_like, shape (N, ...)
+    window : int
+        :math:`w \ge 1`.
+
+    Examples
+    --------
+    >>> smooth([1.0, 3.0, 5.0], window=2).tolist()
+    [1.0, 2.0, 4.0]
     """
     v = to_numpy(values_N, dtype=np.float64)
-    if window < 1:
-        raise InvalidInputError(f"window must be >= 1, got {window}")
+    window = positive_int(window, "window")
     if v.shape[0] == 0:
         return v.copy()
     c = np.cumsum(v, axis=0)
@@ -152,7 +255,28 @@ def smooth(values_N: Any, window: int = 100) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImbalanceSummary:
-    """All SPEC section 5 metrics of one load vector (floats)."""
+    """All SPEC section 5 metrics of one load vector ``(E,)`` (see each function's formula).
+
+    Attributes
+    ----------
+    max_vio : float
+        :func:`max_violation` (relative to the mean load).
+    min_over_mean : float
+        :func:`min_over_mean`.
+    dead_experts : int
+        :func:`dead_experts`.
+    cv : float
+        :func:`coefficient_of_variation`.
+    entropy : float
+        :func:`load_entropy`, normalised.
+    dropped_fraction : float or None
+        :func:`dropped_fraction` when at-most capacities were given.
+
+    Examples
+    --------
+    >>> imbalance_summary([2, 2]).max_vio
+    0.0
+    """
 
     max_vio: float
     min_over_mean: float
@@ -162,13 +286,28 @@ class ImbalanceSummary:
     dropped_fraction: float | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
+        """The fields as a plain dict.
+
+        >>> imbalance_summary([2, 2]).as_dict()["dead_experts"]
+        0
+        """
         return asdict(self)
 
 
 def imbalance_summary(load_E: Any, capacity_E: Any = None) -> ImbalanceSummary:
-    """Every imbalance metric of a single load vector ``(E,)``.
+    """Every imbalance metric of a single load vector.
 
-    ``dropped_fraction`` is filled when at-most ``capacity_E`` is given.
+    Parameters
+    ----------
+    load_E : array_like or torch.Tensor, shape (E,)
+    capacity_E : array_like, shape (E,), optional
+        At-most capacities; fills ``dropped_fraction``.
+
+    Examples
+    --------
+    >>> s = imbalance_summary([3, 1], capacity_E=[2, 2])
+    >>> s.max_vio, s.min_over_mean, s.dropped_fraction
+    (0.5, 0.5, 0.25)
     """
     a = _loads(load_E)
     if a.ndim != 1:

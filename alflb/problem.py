@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._array import check_k, check_scores, to_numpy
+from ._validate import finite_float
 from .errors import InfeasibleProblemError, InvalidInputError
 
 __all__ = ["AssignmentProblem", "balanced_capacity", "rounded_capacity"]
@@ -47,10 +48,25 @@ _MAX_CAPACITY = 2**62
 
 
 def balanced_capacity(n_tokens: int, n_experts: int, k: int) -> np.ndarray:
-    """Return the balanced capacity ``K*T/E`` for every expert, shape ``(E,)``, int64.
+    r"""The balanced capacity of every expert, shape ``(E,)``, int64.
 
-    Raises :class:`InfeasibleProblemError` when ``K*T/E`` is not an integer, naming the
-    remedies (:func:`rounded_capacity`, or ``capacity_kind="at_most"`` with a factor).
+    .. math:: c_k = L = \frac{K T}{E}
+
+    Parameters
+    ----------
+    n_tokens, n_experts, k : int
+        ``T``, ``E`` and ``K``.
+
+    Raises
+    ------
+    InfeasibleProblemError
+        When :math:`KT/E` is not an integer, naming the remedies (:func:`rounded_capacity`,
+        or ``capacity_kind="at_most"`` with a factor).
+
+    Examples
+    --------
+    >>> balanced_capacity(6, 3, 2).tolist()
+    [4, 4, 4]
     """
     total = k * n_tokens
     if total % n_experts:
@@ -64,8 +80,19 @@ def balanced_capacity(n_tokens: int, n_experts: int, k: int) -> np.ndarray:
 
 
 def rounded_capacity(n_tokens: int, n_experts: int, k: int) -> np.ndarray:
-    """Floor/ceil capacities summing to ``K*T``: the first ``K*T mod E`` experts get the ceiling.
+    r"""Floor/ceil capacities summing to ``K*T``, shape ``(E,)``, int64.
 
+    .. math:: c_k = \lfloor KT/E \rfloor + [\,k < KT \bmod E\,]
+
+    (the first :math:`KT \bmod E` experts get the ceiling).
+
+    Parameters
+    ----------
+    n_tokens, n_experts, k : int
+        ``T``, ``E`` and ``K``.
+
+    Examples
+    --------
     >>> rounded_capacity(10, 4, 1).tolist()
     [3, 3, 2, 2]
     """
@@ -78,6 +105,18 @@ def rounded_capacity(n_tokens: int, n_experts: int, k: int) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class AssignmentProblem:
     r"""One batch's top-K assignment problem (SPEC section 1).
+
+    .. math::
+
+        \mathrm{OPT} = \max_x \sum_{i,k} \gamma_{ik} x_{ik}
+        \quad\text{s.t.}\quad \sum_k x_{ik} = K \;\forall i,\quad
+        \sum_i x_{ik} = c_k \;(\text{or} \le c_k) \;\forall k,\quad x_{ik} \in \{0, 1\}
+
+    with :math:`\gamma` the scores (``T`` tokens by ``E`` experts) and :math:`c` the
+    capacities. The constraint matrix is totally unimodular, so the LP relaxation with
+    :math:`0 \le x \le 1` has the same value. The duals :math:`p` of the expert
+    constraints are the ALF-LB biases (the router adds them; an overloaded expert's bias
+    goes down); with ``"at_most"`` capacities :math:`p \le 0`.
 
     Parameters
     ----------
@@ -186,7 +225,12 @@ class AssignmentProblem:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def with_rounded_capacity(cls, scores_TE: Any, k: int) -> AssignmentProblem:
-        """The problem with floor/ceil capacities (see :func:`rounded_capacity`)."""
+        """The problem with floor/ceil capacities :func:`rounded_capacity` (``"equal"`` kind).
+
+        >>> import numpy as np
+        >>> AssignmentProblem.with_rounded_capacity(np.zeros((5, 2)), k=1).capacity_E.tolist()
+        [3, 2]
+        """
         check_scores(scores_TE)
         n_tokens, n_experts = np.shape(scores_TE)
         check_k(k, n_experts)
@@ -194,12 +238,18 @@ class AssignmentProblem:
 
     @classmethod
     def with_capacity_factor(cls, scores_TE: Any, k: int, capacity_factor: float) -> AssignmentProblem:
-        """At-most capacities ``ceil(capacity_factor * K*T/E)`` (Switch/GShard style)."""
+        r"""At-most capacities (Switch/GShard style), ``capacity_kind="at_most"``.
+
+        .. math:: c_k = \lceil f \, K T / E \rceil, \qquad f \ge 1
+
+        >>> import numpy as np
+        >>> AssignmentProblem.with_capacity_factor(np.zeros((4, 2)), 1, 1.25).capacity_E.tolist()
+        [3, 3]
+        """
         check_scores(scores_TE)
         n_tokens, n_experts = np.shape(scores_TE)
         check_k(k, n_experts)
-        if not (isinstance(capacity_factor, (int, float)) and math.isfinite(capacity_factor)):
-            raise InvalidInputError(f"capacity_factor must be a finite number, got {capacity_factor!r}")
+        capacity_factor = finite_float(capacity_factor, "capacity_factor")
         if capacity_factor < 1.0:
             raise InfeasibleProblemError(
                 f"capacity_factor must be >= 1 for every token to get K experts, got {capacity_factor}"
@@ -210,17 +260,32 @@ class AssignmentProblem:
     # ------------------------------------------------------------------ properties
     @property
     def n_tokens(self) -> int:
-        """``T``, the number of tokens."""
+        """``T``, the number of tokens.
+
+        >>> import numpy as np
+        >>> AssignmentProblem(np.zeros((4, 2)), k=1).n_tokens
+        4
+        """
         return int(self.scores_TE.shape[0])
 
     @property
     def n_experts(self) -> int:
-        """``E``, the number of experts."""
+        """``E``, the number of experts.
+
+        >>> import numpy as np
+        >>> AssignmentProblem(np.zeros((4, 2)), k=1).n_experts
+        2
+        """
         return int(self.scores_TE.shape[1])
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(T, E, K)``."""
+        """``(T, E, K)``.
+
+        >>> import numpy as np
+        >>> AssignmentProblem(np.zeros((4, 2)), k=1).shape
+        (4, 2, 1)
+        """
         return self.n_tokens, self.n_experts, self.k
 
     def __repr__(self) -> str:

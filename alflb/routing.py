@@ -29,9 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from ._array import check_bias, check_k, check_scores, is_torch, to_numpy
+from ._array import backend, check_bias, check_k, check_scores
 
 __all__ = [
     "biased_scores",
@@ -44,63 +42,63 @@ __all__ = [
 
 
 def biased_scores(scores_TE: Any, bias_E: Any = None) -> Any:
-    """Return ``scores_TE + bias_E`` (broadcast over tokens), validating both."""
-    check_scores(scores_TE)
-    # Lists, ints and bools become float64: top-K negates and subtracts the values, and an
-    # integer array would truncate a fractional bias.
-    if is_torch(scores_TE):
-        if not scores_TE.is_floating_point():
-            import torch
+    r"""The scores top-K selection sees, :math:`\gamma_{ik} + p_k`, shape ``(T, E)``.
 
-            scores_TE = scores_TE.to(torch.float64)
-    else:
-        scores_TE = np.asarray(scores_TE)
-        if not np.issubdtype(scores_TE.dtype, np.floating):
-            scores_TE = scores_TE.astype(np.float64)
+    .. math:: v_{ik} = \gamma_{ik} + p_k
+
+    Parameters
+    ----------
+    scores_TE : array_like or torch.Tensor, shape (T, E)
+        Router scores :math:`\gamma`; finite. Integer and bool scores become float64 (top-K
+        negates and subtracts them, and an integer array would truncate a fractional bias).
+    bias_E : array_like or torch.Tensor, shape (E,), optional
+        Expert bias :math:`p` (the router adds it; an overloaded expert's bias goes down),
+        cast to the scores' dtype and device. Default: no bias.
+
+    Returns
+    -------
+    values_TE : ndarray or torch.Tensor, shape (T, E)
+        Same backend as ``scores_TE``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> biased_scores(np.array([[1, 0], [0, 1]]), np.array([0.5, -0.5])).tolist()
+    [[1.5, -0.5], [0.5, 0.5]]
+    """
+    check_scores(scores_TE)
+    xp = backend(scores_TE)
+    scores_TE = xp.floating(scores_TE)
     if bias_E is None:
         return scores_TE
     check_bias(bias_E, scores_TE.shape[1])
-    if is_torch(scores_TE):
-        import torch
-
-        bias = bias_E if is_torch(bias_E) else torch.as_tensor(np.asarray(bias_E))
-        return scores_TE + bias.to(device=scores_TE.device, dtype=scores_TE.dtype)
-    return scores_TE + to_numpy(bias_E, dtype=scores_TE.dtype)
+    return scores_TE + xp.as_like(bias_E, scores_TE)
 
 
-def _topk_mask_numpy(values_TE: np.ndarray, k: int) -> np.ndarray:
-    # K-th largest value per row, via an O(E) selection rather than a sort.
-    kth_T = -np.partition(-values_TE, k - 1, axis=1)[:, k - 1]
+def _topk_mask(values_TE: Any, k: int) -> Any:
+    """Boolean top-``k`` mask of every row; ties at the K-th place go to the lowest indices."""
+    xp = backend(values_TE)
+    (kth_T,) = xp.kth_largest(values_TE, k - 1)  # an O(E) selection per row for numpy
     above_TE = values_TE > kth_T[:, None]
     tie_TE = values_TE == kth_T[:, None]
-    need_T = k - above_TE.sum(axis=1)
+    need_T = k - above_TE.sum(1)
     # Among tied entries take the lowest indices: the first `need` of them in index order.
-    take_TE = tie_TE & (np.cumsum(tie_TE, axis=1) <= need_T[:, None])
-    return above_TE | take_TE
-
-
-def _topk_mask_torch(values_TE, k: int):
-    import torch
-
-    kth_T = torch.topk(values_TE, k, dim=1, sorted=True).values[:, k - 1]
-    above_TE = values_TE > kth_T[:, None]
-    tie_TE = values_TE == kth_T[:, None]
-    need_T = k - above_TE.sum(dim=1)
-    take_TE = tie_TE & (torch.cumsum(tie_TE.to(torch.int64), dim=1) <= need_T[:, None])
+    take_TE = tie_TE & (xp.cumcount(tie_TE) <= need_T[:, None])
     return above_TE | take_TE
 
 
 def route_topk(scores_TE: Any, bias_E: Any = None, k: int = 1) -> Any:
     r"""Route every token to the ``k`` experts with the largest biased scores.
 
-    .. math:: x_{ik} = 1 \iff k \in \operatorname{TopK}_j(\gamma_{ij} + p_j)
+    .. math:: x_{ij} = 1 \iff j \in \operatorname{TopK}_k(\gamma_{i\cdot} + p)
 
     Parameters
     ----------
     scores_TE : ndarray or torch.Tensor, shape (T, E)
         Router scores ``gamma``.
     bias_E : ndarray or torch.Tensor, shape (E,), optional
-        Expert bias ``p`` (the dual variable; added for selection only). Default 0.
+        Expert bias ``p`` (the dual variable; added for selection only; an overloaded
+        expert's bias goes down). Default 0.
     k : int
         Experts per token, ``1 <= k <= E-1``.
 
@@ -118,45 +116,75 @@ def route_topk(scores_TE: Any, bias_E: Any = None, k: int = 1) -> Any:
            [1, 1, 0]])
     """
     values = biased_scores(scores_TE, bias_E)
-    k = check_k(k, values.shape[1])
-    if is_torch(values):
-        return _topk_mask_torch(values, k)
-    return _topk_mask_numpy(np.asarray(values), k)
+    return _topk_mask(values, check_k(k, values.shape[1]))
 
 
 def topk_indices(assignment_TE: Any) -> Any:
-    """The chosen experts of each token in ascending index order, shape ``(T, K)``.
+    r"""The chosen experts of each token in ascending index order, shape ``(T, K)``.
 
-    ``assignment_TE`` must have the same number of true entries in every row.
+    .. math:: \text{idx}_{i\cdot} = \{\,j : x_{ij} = 1\,\}\ \text{(sorted)}
+
+    Parameters
+    ----------
+    assignment_TE : bool array_like or torch.Tensor, shape (T, E)
+        The same number ``K`` of true entries in every row (as :func:`route_topk` gives).
+
+    Returns
+    -------
+    topk_TK : int ndarray or torch.Tensor, shape (T, K)
+
+    Examples
+    --------
+    >>> topk_indices([[False, True, True], [True, False, True]]).tolist()
+    [[1, 2], [0, 2]]
     """
-    if is_torch(assignment_TE):
-        import torch
-
-        n_per_row = int(assignment_TE[0].sum())
-        idx = torch.nonzero(assignment_TE, as_tuple=False)[:, 1]
-        return idx.reshape(assignment_TE.shape[0], n_per_row)
-    mask = np.asarray(assignment_TE, dtype=bool)
-    n_per_row = int(mask[0].sum())
-    return np.nonzero(mask)[1].reshape(mask.shape[0], n_per_row)
+    cols, n_per_row = backend(assignment_TE).true_columns(assignment_TE)
+    return cols.reshape(len(assignment_TE), n_per_row)
 
 
 def expert_load(assignment_TE: Any) -> Any:
-    """Tokens routed to each expert, ``A_k = sum_i x_ik``, shape ``(E,)``, int64."""
-    if is_torch(assignment_TE):
-        import torch
+    r"""Tokens routed to each expert, shape ``(E,)``, int64.
 
-        return assignment_TE.to(torch.int64).sum(dim=0)
-    return np.asarray(assignment_TE).sum(axis=0, dtype=np.int64)
+    .. math:: A_j = \sum_i x_{ij}
+
+    Parameters
+    ----------
+    assignment_TE : bool or 0/1 array_like or torch.Tensor, shape (T, E)
+
+    Returns
+    -------
+    load_E : int64 ndarray or torch.Tensor, shape (E,)
+
+    Examples
+    --------
+    >>> expert_load([[True, False, True], [True, True, False]]).tolist()
+    [2, 1, 1]
+    """
+    return backend(assignment_TE).count(assignment_TE, axis=0)
 
 
 def topk_sum(values_TE: Any, k: int) -> Any:
-    """Sum of the ``k`` largest entries of every row, shape ``(T,)`` (float64 for numpy)."""
-    if is_torch(values_TE):
-        import torch
+    r"""Sum of the ``k`` largest entries of every row, shape ``(T,)``.
 
-        return torch.topk(values_TE, k, dim=1).values.sum(dim=1)
-    v = np.asarray(values_TE, dtype=np.float64)
-    return -np.partition(-v, k - 1, axis=1)[:, :k].sum(axis=1)
+    .. math:: \operatorname{TopKSum}_k(v_{i\cdot}) = \max_{|S| = k} \sum_{j \in S} v_{ij}
+
+    Parameters
+    ----------
+    values_TE : array_like or torch.Tensor, shape (T, E)
+        Typically the biased scores ``gamma + p`` (float64 for numpy).
+    k : int
+        ``1 <= k <= E``; not validated here (callers have checked it).
+
+    Returns
+    -------
+    sum_T : ndarray or torch.Tensor, shape (T,)
+
+    Examples
+    --------
+    >>> topk_sum([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]], k=2).tolist()
+    [5.0, 9.0]
+    """
+    return backend(values_TE).topk_values(values_TE, k).sum(1)
 
 
 def routing_margin(scores_TE: Any, bias_E: Any = None, k: int = 1) -> Any:
@@ -164,16 +192,29 @@ def routing_margin(scores_TE: Any, bias_E: Any = None, k: int = 1) -> Any:
 
     .. math:: m_i = (\gamma_i + p)_{(K)} - (\gamma_i + p)_{(K+1)} \ge 0
 
-    A token whose margin exceeds ``2 max_k |delta p_k|`` keeps its top-K set after the
-    bias moves by ``delta p`` (SPEC C-c). A zero margin is a tie.
+    where :math:`v_{(j)}` is the ``j``-th largest entry. A token whose margin exceeds
+    :math:`2 \max_k |\delta p_k|` keeps its top-K set after the bias moves by
+    :math:`\delta p` (SPEC C-c). A zero margin is a tie.
+
+    Parameters
+    ----------
+    scores_TE : array_like or torch.Tensor, shape (T, E)
+    bias_E : array_like or torch.Tensor, shape (E,), optional
+        The bias the router adds (an overloaded expert's bias goes down).
+    k : int
+        Experts per token, ``1 <= k <= E-1``.
+
+    Returns
+    -------
+    margin_T : ndarray or torch.Tensor, shape (T,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> routing_margin(np.array([[0.9, 0.5, 0.1]]), np.array([0.0, 0.0, 0.3]), k=1).tolist()
+    [0.4]
     """
     values = biased_scores(scores_TE, bias_E)
     k = check_k(k, values.shape[1])
-    if is_torch(values):
-        import torch
-
-        top = torch.topk(values, k + 1, dim=1, sorted=True).values
-        return top[:, k - 1] - top[:, k]
-    v = np.asarray(values, dtype=np.float64)
-    part = -np.partition(-v, (k - 1, k), axis=1)
-    return part[:, k - 1] - part[:, k]
+    kth_T, next_T = backend(values).kth_largest(values, k - 1, k)
+    return kth_T - next_T

@@ -51,7 +51,13 @@ __all__ = [
 
 
 def check_step(value: Any, name: str) -> float:
-    """A finite, non-negative real step size, else :class:`InvalidInputError` naming it."""
+    r"""A finite, non-negative real step size :math:`u \in [0, \infty)`.
+
+    Raises :class:`~alflb.errors.InvalidInputError` naming ``name`` otherwise.
+
+    >>> check_step(1, "u")
+    1.0
+    """
     if isinstance(value, bool) or (
         not isinstance(value, (int, float)) and not hasattr(value, "__float__")
     ):
@@ -80,7 +86,13 @@ def _check_count(n: Any) -> int:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Base class: ``schedule(n)`` is the step size of update ``n`` (0-based)."""
+    r"""Base class: a map :math:`n \mapsto u_n \ge 0` from the update count to a step size.
+
+    ``schedule(n)`` is the step of update ``n`` (0 for the first update).
+
+    >>> isinstance(ConstantSchedule(0.1), Schedule)
+    True
+    """
 
     kind: ClassVar[str] = "base"
 
@@ -88,11 +100,19 @@ class Schedule:
         raise NotImplementedError
 
     def steps(self, n_updates: int) -> list[float]:
-        """The first ``n_updates`` step sizes, as a list."""
+        r"""The first ``n_updates`` step sizes :math:`u_0, \dots, u_{n-1}`, as a list.
+
+        >>> DecaySchedule(a=1.0).steps(3)
+        [1.0, 0.5, 0.3333333333333333]
+        """
         return [self(n) for n in range(n_updates)]
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, with the ``kind`` tag; inverse of :func:`schedule_from_dict`."""
+        """Plain-JSON form, with the ``kind`` tag; inverse of :func:`schedule_from_dict`.
+
+        >>> PiecewiseSchedule(values=(0.1, 0.0), boundaries=(5,)).as_dict()
+        {'kind': 'piecewise', 'values': [0.1, 0.0], 'boundaries': [5]}
+        """
         d = asdict(self)
         for key, value in d.items():
             if isinstance(value, tuple):
@@ -102,7 +122,13 @@ class Schedule:
 
 @dataclass(frozen=True)
 class ConstantSchedule(Schedule):
-    """``u_n = value`` for every ``n``."""
+    r"""A constant step.
+
+    .. math:: u_n = u \quad \forall n
+
+    >>> ConstantSchedule(0.01)(100)
+    0.01
+    """
 
     value: float = 1e-3
     kind: ClassVar[str] = "constant"
@@ -117,7 +143,16 @@ class ConstantSchedule(Schedule):
 
 @dataclass(frozen=True)
 class DecaySchedule(Schedule):
-    r"""``u_n = a / (n + n0)``; with ``a = 1/mu`` and ``n0 = 1`` it is ``1/(mu (n+1))``."""
+    r"""A harmonically decaying step.
+
+    .. math:: u_n = \frac{a}{n + n_0}, \qquad a \ge 0,\; n_0 > 0
+
+    With ``a = 1/mu`` and ``n0 = 1`` it is :math:`1/(\mu (n+1))`, the step of the
+    logarithmic-regret theorem ([HAK], [HZ]).
+
+    >>> DecaySchedule(a=2.0, n0=1)(3)
+    0.5
+    """
 
     a: float = 1.0
     n0: float = 1.0
@@ -136,9 +171,16 @@ class DecaySchedule(Schedule):
 
 @dataclass(frozen=True)
 class PiecewiseSchedule(Schedule):
-    """``values[j]`` for ``boundaries[j-1] <= n < boundaries[j]`` (boundaries increasing).
+    r"""A piecewise-constant step (DeepSeek-V3's frozen tail is ``((u, 0.0), (n_f,))``).
 
-    ``len(values) == len(boundaries) + 1``; the last value holds from the last boundary on.
+    .. math:: u_n = v_j \quad\text{for}\quad b_{j-1} \le n < b_j
+              \qquad (b_{-1} = 0,\; b_{J} = \infty)
+
+    ``len(values) == len(boundaries) + 1``; boundaries strictly increasing; the last value
+    holds from the last boundary on.
+
+    >>> PiecewiseSchedule(values=(1e-3, 0.0), boundaries=(2,)).steps(4)
+    [0.001, 0.001, 0.0, 0.0]
     """
 
     values: tuple[float, ...] = (1e-3,)

@@ -104,7 +104,7 @@ def test_bad_loads_are_rejected(bad, match):
 
 
 def test_bad_window_and_shapes():
-    with pytest.raises(InvalidInputError, match="window must be >= 1"):
+    with pytest.raises(InvalidInputError, match="window must be an integer >= 1"):
         smooth([1.0, 2.0], window=0)
     with pytest.raises(InvalidInputError, match="capacity_E has 3 experts"):
         max_violation([1, 2], capacity_E=[1, 1, 1])

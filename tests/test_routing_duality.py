@@ -154,3 +154,29 @@ def test_validation_messages():
         lagrangian(prob, np.full((4, 2), np.nan), np.zeros(2))
     with pytest.raises(InvalidInputError, match="k must satisfy"):
         route_topk(np.zeros((4, 2)), None, 2)
+
+
+def test_array_backend_numpy_and_torch_agree_bit_for_bit():
+    from alflb._array import backend
+
+    rng = np.random.default_rng(0)
+    v = np.round(rng.normal(size=(20, 7)), 1)  # rounded: ties on purpose
+    vt = torch.as_tensor(v)
+    xn, xt = backend(v), backend(vt)
+    assert (xn.name, xt.name) == ("numpy", "torch") and backend([1.0]) is xn
+    for a, b in zip(xn.kth_largest(v, 1, 2), xt.kth_largest(vt, 1, 2)):
+        np.testing.assert_array_equal(b.numpy(), a)
+    np.testing.assert_array_equal(
+        np.sort(xt.topk_values(vt, 3).numpy(), axis=1), np.sort(xn.topk_values(v, 3), axis=1)
+    )
+    mask = v > 0
+    np.testing.assert_array_equal(xt.cumcount(torch.as_tensor(mask)).numpy(), xn.cumcount(mask))
+    np.testing.assert_array_equal(xt.count(torch.as_tensor(mask), 0).numpy(), xn.count(mask, 0))
+    d = v[0]
+    np.testing.assert_array_equal(
+        xt.divide_where(0.5, torch.as_tensor(d), torch.as_tensor(d != 0)).numpy(),
+        xn.divide_where(0.5, d, d != 0),
+    )
+    like = torch.zeros(2, dtype=torch.bfloat16)
+    assert xt.full(3, 1.0, like).dtype == torch.float32
+    assert xt.as_like([1, 2], torch.zeros(1, dtype=torch.float64)).dtype == torch.float64

@@ -373,10 +373,10 @@ def test_schedules():
         ("multiplicative", {"u": 1.0}, InvalidInputError, r"u must be < 1"),
         ("momentum", {"beta": 1.0}, InvalidInputError, r"beta must be in \[0, 1\)"),
         ("momentum", {"tau": 0.0}, InvalidInputError, r"tau must be > 0"),
-        ("frozen_tail", {"freeze_after": -1}, InvalidInputError, r"freeze_after must be a non-negative integer"),
+        ("frozen_tail", {"freeze_after": -1}, InvalidInputError, r"freeze_after must be an integer >= 0"),
         ("frozen_tail", {"base": "quantile"}, InvalidInputError, r"cannot wrap a rule that needs scores"),
         ("quantile", {"ema": 1.0}, InvalidInputError, r"ema must be in \[0, 1\)"),
-        ("quantile", {"n_sweeps": 0}, InvalidInputError, r"n_sweeps must be a positive integer"),
+        ("quantile", {"n_sweeps": 0}, InvalidInputError, r"n_sweeps must be an integer >= 1"),
         ("sign", {"u": "big"}, InvalidInputError, r"u must be a real number"),
     ],
 )  # fmt: skip
@@ -409,5 +409,31 @@ def test_update_errors():
         make_rule("per_expert", eps_E=[0.1, 0.1]).update(np.zeros(3), [1, 1, 1], 1)
     with pytest.raises(InvalidInputError, match=r"n_updates must be a non-negative integer"):
         RuleState(n_updates=-1)
-    with pytest.raises(InvalidInputError, match=r"n_experts must be >= 2"):
+    with pytest.raises(InvalidInputError, match=r"n_experts must be an integer >= 2"):
         sign.initial_bias(1)
+
+
+@pytest.mark.parametrize("rule", [*_rules(), make_rule("frozen_tail", base="momentum")],
+                         ids=[*RULE_IDS, "frozen_tail-momentum"])
+def test_capabilities_drive_the_state_and_the_starting_bias(rule):
+    caps = rule.capabilities()
+    assert caps.selection in ("add", "mul") and caps.needs_scores == rule.needs_scores
+    state = rule.init_state(E)
+    for name in ("velocity_E",):
+        kept = getattr(state, name) is not None
+        assert kept == (name in caps.state_fields)
+    for name in caps.state_fields:
+        np.testing.assert_array_equal(getattr(state, name), np.zeros(E))
+    neutral = 1.0 if caps.selection == "mul" else 0.0
+    np.testing.assert_array_equal(rule.initial_bias(E), np.full(E, neutral))
+    scores = np.arange(2.0 * E).reshape(2, E)
+    combined = scores * 2.0 if caps.selection == "mul" else scores + 2.0
+    np.testing.assert_array_equal(rule.selection_scores(scores, np.full(E, 2.0)), combined)
+
+
+def test_importing_the_rules_and_the_router_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, alflb.rules, alflb.routing; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
