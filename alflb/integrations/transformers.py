@@ -38,6 +38,7 @@ torch.Size([2, 8])
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable
@@ -115,11 +116,22 @@ class _MaskCapture:
 
     def __init__(self, model: nn.Module) -> None:
         self.mask: torch.Tensor | None = None
-        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+        self.handles = [model.register_forward_pre_hook(self, with_kwargs=True),
+                        model.register_forward_hook(self.clear)]
 
     def __call__(self, module: Any, args: tuple, kwargs: dict) -> None:
         if not in_recomputation():
             self.mask = kwargs.get("attention_mask")
+
+    def clear(self, module: Any, args: tuple, output: Any) -> None:
+        # Routers called outside a model forward (or recomputed later) see no stale mask;
+        # a re-entrant recomputation counts nothing, so it needs no mask.
+        if not in_recomputation():
+            self.mask = None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 class RoutingRecorder:
@@ -179,7 +191,7 @@ class RoutingRecorder:
     def close(self) -> None:
         for h in self._handles:
             h.remove()
-        self._mask.handle.remove()
+        self._mask.remove()
         self._handles = []
 
     def arrays(self, tokens_per_step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +328,7 @@ class Balancer(nn.Module):
                              persistent=False)
         self.counted_forwards = 0
         self._mask = _MaskCapture(model)
-        self._handles = [s.router.register_forward_hook(self._count_hook(i)) for i, s in enumerate(sites)]
+        self._handles = [s.router.register_forward_hook(functools.partial(self._count, i)) for i, s in enumerate(sites)]
         holders = {id(s.holder): s.holder for s in sites}
         self._handles += [h.register_forward_pre_hook(self._fp32_hook) for h in holders.values()]
 
@@ -355,21 +367,19 @@ class Balancer(nn.Module):
             self._push()
 
     # -- counting
-    def _count_hook(self, layer: int):
+    def _count(self, layer: int, module: Any, args: tuple, output: Any) -> None:
+        # A bound method (through functools.partial), not a closure: copy.deepcopy(model)
+        # then gives the copy's hooks the copy's balancer.
+        if not module.training or in_recomputation():
+            return
         site = self.sites[layer]
-
-        def hook(module: Any, args: tuple, output: Any) -> None:
-            if not module.training or in_recomputation():
-                return
-            topk_TK = output[2].detach().reshape(-1, site.k)
-            mask = token_mask(self._mask.mask, topk_TK.shape[0])
-            if mask is not None:
-                topk_TK = topk_TK[mask.to(topk_TK.device)]
-            counts = torch.bincount(topk_TK.reshape(-1), minlength=site.n_experts)
-            self.load_LE[layer] += counts.to(self.load_LE.device)
-            self.counted_forwards += 1
-
-        return hook
+        topk_TK = output[2].detach().reshape(-1, site.k)
+        mask = token_mask(self._mask.mask, topk_TK.shape[0])
+        if mask is not None:
+            topk_TK = topk_TK[mask.to(topk_TK.device)]
+        counts = torch.bincount(topk_TK.reshape(-1), minlength=site.n_experts)
+        self.load_LE[layer] += counts.to(self.load_LE.device)
+        self.counted_forwards += 1
 
     # -- the update
     @torch.no_grad()
@@ -407,7 +417,7 @@ class Balancer(nn.Module):
         """Remove the hooks (the added bias buffers and patched forwards stay)."""
         for h in self._handles:
             h.remove()
-        self._mask.handle.remove()
+        self._mask.remove()
         self._handles = []
 
     def callback(self) -> Any:
