@@ -27,7 +27,7 @@ Qwen2-MoE, Qwen3-MoE, OLMoE, Mixtral (a selection-only bias is added to the rout
 
 >>> from alflb.integrations.transformers import tiny_model, attach_balancer
 >>> from alflb.rules import make_rule
->>> model = tiny_model("qwen3_moe")
+>>> model = tiny_model("mixtral")
 >>> balancer = attach_balancer(model, make_rule("sign", u=0.01))
 >>> _ = model(input_ids=torch.randint(0, 64, (2, 8)))
 >>> int(balancer.load_LE.sum())              # 2 layers x 16 tokens x top-2
