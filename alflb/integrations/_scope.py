@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["in_recomputation", "token_mask"]
+__all__ = ["MaskCapture", "in_recomputation", "token_mask"]
 
 
 def in_recomputation() -> bool:
@@ -34,3 +34,26 @@ def token_mask(attention_mask: Any, n_tokens: int) -> torch.Tensor | None:
     if attention_mask.numel() != n_tokens:
         return None
     return attention_mask.reshape(-1).bool()
+
+
+class MaskCapture:
+    """A forward pre-hook on the whole model that keeps the last ``attention_mask``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.mask: torch.Tensor | None = None
+        self.handles = [model.register_forward_pre_hook(self, with_kwargs=True),
+                        model.register_forward_hook(self.clear)]
+
+    def __call__(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if not in_recomputation():
+            self.mask = kwargs.get("attention_mask")
+
+    def clear(self, module: Any, args: tuple, output: Any) -> None:
+        # Routers called outside a model forward (or recomputed later) see no stale mask;
+        # a re-entrant recomputation counts nothing, so it needs no mask.
+        if not in_recomputation():
+            self.mask = None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
