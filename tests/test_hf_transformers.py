@@ -163,3 +163,42 @@ def test_replay_masks_groups_with_minus_infinity():
     np.testing.assert_array_equal(replay_group_limited(scores, np.full(4, -2.0), 2, 2, 1), [[0, 1]])
     with pytest.raises(InvalidInputError, match="cannot form n_group = 3"):
         replay_group_limited(scores, np.zeros(4), 2, 3, 1)
+
+
+# ------------------------------------------------- mutants on the real architectures
+
+
+def _dsv3_zero_mask_forward(self, hidden_states):
+    # DeepseekV3's routing with the masked groups filled with 0 instead of -inf.
+    scores = torch.sigmoid(torch.nn.functional.linear(hidden_states.view(-1, self.hidden_dim).float(),
+                                                      self.weight.float()))
+    choice = scores + self.e_score_correction_bias
+    grouped = choice.view(-1, self.num_group, self.num_experts // self.num_group)
+    keep = grouped.topk(2, dim=-1)[0].sum(-1).topk(self.topk_group, dim=-1)[1]
+    mask = torch.zeros(grouped.shape[:2]).scatter_(1, keep, 1.0).bool()
+    choice = grouped.masked_fill(~mask[..., None], 0.0).view(-1, self.num_experts)
+    topk = choice.topk(self.top_k, dim=-1)[1]
+    gates = scores.gather(1, topk)
+    return scores, gates / gates.sum(-1, keepdim=True) * self.routed_scaling_factor, topk
+
+
+def _qwen_bias_in_gates_forward(self, hidden_states):
+    logits = torch.nn.functional.linear(hidden_states.reshape(-1, self.hidden_dim), self.weight)
+    probs = torch.softmax(logits, dtype=torch.float, dim=-1) + self.alflb_bias  # the bug
+    topk = probs.topk(self.top_k, dim=-1).indices
+    return logits, probs.gather(1, topk), topk
+
+
+@pytest.mark.parametrize(("arch", "forward", "check"), [
+    ("deepseek_v3", _dsv3_zero_mask_forward, "masked_groups_neg_inf"),
+    ("qwen3_moe", _qwen_bias_in_gates_forward, "gates_selection_only"),
+])
+def test_audit_catches_a_broken_architecture_router(arch, forward, check):
+    import types
+
+    model = tiny_model(arch)
+    attach_balancer(model, make_rule("sign", u=1e-3))
+    site = find_routers(model)[0]
+    site.router.forward = types.MethodType(forward, site.router)
+    report = audit(TransformersAdapter(model))
+    assert {c.name for c in report.checks if c.status == "fail"} == {check}, report.to_text()
