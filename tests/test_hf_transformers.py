@@ -202,3 +202,27 @@ def test_audit_catches_a_broken_architecture_router(arch, forward, check):
     site.router.forward = types.MethodType(forward, site.router)
     report = audit(TransformersAdapter(model))
     assert {c.name for c in report.checks if c.status == "fail"} == {check}, report.to_text()
+
+
+def test_replay_follows_a_bias_that_moved_during_recording(tmp_path):
+    model = tiny_model("deepseek_v3")
+    bal = attach_balancer(model, make_rule("sign", u=0.05))
+    batches = [{"input_ids": ids(batch=4, seq=8, seed=s), "labels": ids(batch=4, seq=8, seed=s)}
+               for s in range(3)]
+    rec = RoutingRecorder(model, only_training=True)
+    for batch in batches:  # training steps: the balancer moves the bias after each
+        model(**batch).loss.backward()
+        rec.end_step()
+        bal.step()
+    rec.close()
+    trace = rec.to_trace()
+    assert trace.metadata["bias_constant"] is False
+    _, topk = rec.arrays()
+    bias_NLE = np.asarray(rec.bias_steps)  # the bias each step was routed with
+    np.testing.assert_array_equal(bias_NLE[0], 0.0)
+    assert np.abs(bias_NLE[2]).max() > 0
+    for layer in range(2):
+        np.testing.assert_array_equal(replay_trace(trace, layer, bias_NLE[:, layer]),
+                                      np.sort(topk[:, layer], axis=-1))
+    with pytest.raises(InvalidInputError, match=r"bias_E must have shape \(E,\) or \(N, E\)"):
+        replay_trace(trace, 0, np.zeros((2, 8)))

@@ -74,7 +74,8 @@ def replay_trace(trace: Trace, layer: int = 0, bias_E: Any = None) -> np.ndarray
 
     Uses the metadata written by :func:`alflb.integrations.transformers.record_routing`
     (``k``, ``n_group``, ``topk_group``, ``bias_at_record_LE``); ``bias_E`` overrides
-    the recorded bias.
+    the recorded bias: shape ``(E,)``, or ``(N, E)`` for a bias that moved during the
+    recording (the ``bias_NLE`` beside the trace, at this layer).
     """
     meta = trace.metadata
     for key in ("k", "n_group", "topk_group"):
@@ -86,5 +87,11 @@ def replay_trace(trace: Trace, layer: int = 0, bias_E: Any = None) -> np.ndarray
             raise InvalidInputError("the trace records no bias; pass bias_E")
         bias_E = recorded[layer]
     scores_NTE = trace.scores_NLTE[:, layer]
-    return np.stack([replay_group_limited(s, bias_E, meta["k"], meta["n_group"], meta["topk_group"])
-                     for s in scores_NTE])
+    bias_NE = np.asarray(bias_E, dtype=np.float32)
+    if bias_NE.ndim == 1:
+        bias_NE = np.broadcast_to(bias_NE, (scores_NTE.shape[0], bias_NE.shape[0]))
+    if bias_NE.shape != scores_NTE.shape[::2]:
+        raise InvalidInputError(f"bias_E must have shape (E,) or (N, E) = {scores_NTE.shape[::2]}, "
+                                f"got {np.shape(bias_E)}")
+    return np.stack([replay_group_limited(s, b, meta["k"], meta["n_group"], meta["topk_group"])
+                     for s, b in zip(scores_NTE, bias_NE)])

@@ -137,7 +137,9 @@ class RoutingRecorder:
         self.n_forwards = 0  # counted router calls, all layers
         self._handles = [s.router.register_forward_hook(self._hook(i)) for i, s in enumerate(self.sites)]
         self.bias_LE = self._biases()  # at the start of the recording
-        self.bias_steps: list[list[list[float] | None]] = []  # at the end of each step
+        # The bias each step was routed with (taken at the step's first call of each layer).
+        self.bias_steps: list[list[list[float] | None]] = []
+        self._step_bias: list[list[float] | None] = list(self.bias_LE)
 
     def _biases(self) -> list[list[float] | None]:
         return [None if s.bias is None else s.bias.detach().float().cpu().tolist() for s in self.sites]
@@ -153,6 +155,9 @@ class RoutingRecorder:
             mask = token_mask(self._mask.mask, scores_TE.shape[0])
             if mask is not None:
                 scores_TE, topk_TK = scores_TE[mask], topk_TK[mask]
+            if not self._cur[layer]:
+                bias = site.bias
+                self._step_bias[layer] = None if bias is None else bias.detach().float().cpu().tolist()
             self._cur[layer].append((scores_TE.cpu(), topk_TK.cpu()))
             self.n_forwards += 1
 
@@ -168,7 +173,7 @@ class RoutingRecorder:
                 raise InvalidInputError("a step saw some MoE layers but not all of them")
             step.append((torch.cat([c[0] for c in calls]).numpy(), torch.cat([c[1] for c in calls]).numpy()))
         self.steps.append(step)
-        self.bias_steps.append(self._biases())
+        self.bias_steps.append(list(self._step_bias))
         self._cur = [[] for _ in self.sites]
 
     def close(self) -> None:
@@ -220,8 +225,8 @@ class RoutingRecorder:
             "activation": site.score_func,
             "routing": [s.semantics() for s in self.sites],
             "bias_at_record_LE": self.bias_LE,
-            # False when a balancer moved the bias during the recording (then the ids
-            # file holds the bias after every step, bias_NLE).
+            # False when a balancer moved the bias during the recording (the ids file
+            # then holds the bias each step was routed with, bias_NLE).
             "bias_constant": all(b == self.bias_LE for b in self.bias_steps),
             "counting": {"only_training": self.only_training, "recomputation": "excluded",
                          "padding": "excluded (attention_mask)", "tokens_per_step": int(scores.shape[2])},
