@@ -54,6 +54,7 @@ def test_notebooks_found():
         "03_online_regret.ipynb",
         "04_deepseekmoe.ipynb",
         "05_expert_parallel.ipynb",
+        "06_transformers.ipynb",
     ]
 
 
