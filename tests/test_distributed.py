@@ -30,10 +30,10 @@ from alflb.model.distributed import (
     DistConfig,
     DistContext,
     check_shardable,
-    free_port,
     reduce_step,
     shard_batch,
 )
+from alflb.model.launch import free_port
 from alflb.model.train import TrainConfig, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def _record_target(cfg_dict: dict, out: str, fault: str, timeout_s: float) -> in
 
 
 def _script_main(argv: list[str]) -> int:
-    from alflb.model.distributed import launch_local
+    from alflb.model.launch import launch_local
 
     fault, out, corpus, timeout_s = argv[0], argv[1], argv[2], float(argv[3])
     return launch_local(2, _record_target, (_cfg(corpus).as_dict(), out, fault, timeout_s), grace_s=2.0)

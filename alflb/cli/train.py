@@ -143,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InvalidInputError
     from ..model.balancing import BalanceConfig
-    from ..model.distributed import DistConfig, check_shardable, launch_local
-    from ..model.train import TrainConfig, load_run_config
+    from ..model.distributed import DistConfig, check_shardable
+    from ..model.launch import launch_local
+    from ..model.train_config import TrainConfig, load_run_config
 
     trace_steps = parse_steps(args.trace_steps) if args.trace_steps is not None else None
     changes: dict[str, Any] = {
