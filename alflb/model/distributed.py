@@ -91,6 +91,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from .._validate import finite_float
 from ..errors import AlflbError, InvalidInputError
 
 __all__ = [
@@ -122,9 +123,7 @@ class DistConfig:
     check_sync: bool = False  # verify after every step that biases and parameters agree
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) \
-                or not self.timeout_s > 0:
-            raise InvalidInputError(f"timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        finite_float(self.timeout_s, "timeout_s", minimum=0.0, strict=True)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ run must match it except in the fields of :data:`RESUMABLE_CHANGES`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._validate import positive_int
+from .._validate import finite_float, positive_int
 from ..errors import InvalidInputError
 from ..runio import read_json
 from .balancing import BalanceConfig
@@ -77,18 +76,11 @@ class TrainConfig:
             raise InvalidInputError(f"seq_len={self.seq_len} exceeds the model's max_seq_len={self.model.max_seq_len}")
         if self.model.n_moe_layers < 1:
             raise InvalidInputError("the model has no MoE layer: n_dense_layers must be < n_layers")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise InvalidInputError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
-        # `not x >= 0` also rejects NaN, which every comparison calls false.
-        if not (self.warmup_steps >= 0 and self.weight_decay >= 0 and self.grad_clip >= 0):
-            raise InvalidInputError(
-                "warmup_steps, weight_decay and grad_clip must be finite and >= 0, got "
-                f"{self.warmup_steps}, {self.weight_decay}, {self.grad_clip}"
-            )
-        if not (math.isfinite(self.weight_decay) and math.isfinite(self.grad_clip)):
-            raise InvalidInputError(
-                f"weight_decay and grad_clip must be finite, got {self.weight_decay}, {self.grad_clip}"
-            )
+        finite_float(self.lr, "lr", minimum=0.0, strict=True)
+        finite_float(self.min_lr_ratio, "min_lr_ratio", minimum=0.0, maximum=1.0)
+        positive_int(self.warmup_steps, "warmup_steps", minimum=0)
+        for name in ("weight_decay", "grad_clip"):
+            finite_float(getattr(self, name), name, minimum=0.0)
         if self.trace_max_tokens is not None:
             object.__setattr__(self, "trace_max_tokens", positive_int(self.trace_max_tokens, "trace_max_tokens"))
         if self.device not in ("auto", "cpu", "cuda"):
