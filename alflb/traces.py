@@ -51,6 +51,16 @@ collects the scores each produces (``source="output"``) or receives
 ``rec.save(path)`` writes the file. Calls of one router within a step (micro-batches)
 are concatenated along tokens; every step must see every layer with the same token count.
 
+A recorder made with ``TraceRecorder(None)`` registers no hook: each step is handed over
+whole with :meth:`TraceRecorder.add_step`, optionally with its loads (then written as
+``loads_NLE``), the biases it routed with and a label (the trainer of :mod:`alflb.model`
+records its traced optimiser steps this way, after gathering the scores of every rank):
+
+>>> rec = TraceRecorder(None)
+>>> rec.add_step(np.full((2, 4, 3), 0.5), load_LE=[[4, 4, 0], [0, 4, 4]], label=7)
+>>> rec.labels, rec.to_trace().loads_NLE.shape
+([7], (1, 2, 3))
+
 References
 ----------
 .. [HZ] X.Y. Han, Y. Zhong, arXiv:2512.03915 (the online setting).
