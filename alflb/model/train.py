@@ -80,7 +80,7 @@ from ..metrics import max_violation
 from ..runio import atomic_write_json, prepare_run_folder
 from .balancing import Balancer
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import BatchSampler, load_corpus, validation_windows
+from .data import BatchSampler, Corpus, load_corpus, validation_windows
 from .distributed import (
     DistConfig,
     DistContext,
@@ -303,7 +303,7 @@ class _Run:
         self.net = wrap_model(model, self.ctx)  # DDP on several ranks (gradients averaged), else the model
         self.blocks = moe_block_indices(model)
 
-    def open_logs(self, corpus, *, resumed: bool) -> None:
+    def open_logs(self, corpus: Corpus, *, resumed: bool) -> None:
         """``config.json``, the CSV logs and the trace (truncated to the resumed step), the data."""
         cfg, ctx, run_dir = self.cfg, self.ctx, self.run_dir
         self.sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.seq_len, cfg.seed)
@@ -338,9 +338,40 @@ class _Run:
         self.balancer.begin_step(model)
         traced = (step + 1) in cfg.trace_steps
         bias_before_LE = model.biases().cpu().numpy() if traced else None
-        x_all, y_all = (shard_batch(t, ctx.rank, ctx.world_size) for t in self.sampler.batch(step))  # (B/W, T)
+        lm_sum, bal_sum, micro_loads, scores_LTE = self.forward_backward(step, traced)
+        lr = learning_rate(cfg, step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                     if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # One reduction of the step: the (L, E) counts of every layer, the loss sums and
+        # the stop flag; then the bias update, outside autograd, identical on every rank.
+        step_loads_LE, (lm_sum, bal_sum), stop = reduce_step(ctx, model.loads(), [lm_sum, bal_sum], stop_requested)
+        loads_LE = self.balancer.end_step(model, loads_LE=step_loads_LE).cpu().numpy()
+        if self.dist_cfg.check_sync:
+            check_replicated(ctx, model, model.biases(), step + 1)
+        maxvio_L = np.atleast_1d(max_violation(loads_LE))
+        self.history.append(float(maxvio_L.mean()))
         n_micro = cfg.grad_accum * ctx.world_size  # micro-batches of the global batch, all ranks
-        mb = cfg.batch_size // n_micro
+        self.last_loss = lm_sum / n_micro
+        return _StepStats(
+            done=step + 1, lr=lr, lm_loss=self.last_loss, balance_loss=bal_sum / n_micro,
+            grad_norm=float(grad_norm), loads_LE=loads_LE, maxvio_L=maxvio_L,
+            maxvio_computation=float(np.mean(max_violation(micro_loads.cpu().numpy()))),
+            seconds=time.perf_counter() - t0, stop=stop, scores_LTE=scores_LTE, bias_before_LE=bias_before_LE,
+        )
+
+    def forward_backward(self, step: int, traced: bool) -> tuple[float, float, torch.Tensor, torch.Tensor | None]:
+        """This rank's micro-batches of global batch ``step``: forward, balancing loss, backward.
+
+        Returns the sums of the language-model and balancing losses, the ``(G, L, E)``
+        loads of each micro-batch, and (at a traced step) the ``(L, T, E)`` router scores.
+        """
+        cfg, ctx, model = self.cfg, self.ctx, self.model
+        x_all, y_all = (shard_batch(t, ctx.rank, ctx.world_size) for t in self.sampler.batch(step))  # (B/W, T)
+        mb = cfg.batch_size // (cfg.grad_accum * ctx.world_size)
         E = cfg.model.n_routed_experts
         lm_sum, bal_sum = 0.0, 0.0
         scores_parts: list[list[torch.Tensor]] = [[] for _ in self.blocks]
@@ -363,30 +394,8 @@ class _Run:
             if traced:
                 for i, r in enumerate(out.routing):
                     scores_parts[i].append(r.scores_TE.detach().float().cpu())
-        lr = learning_rate(cfg, step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                     if cfg.grad_clip > 0 else torch.tensor(float("nan")))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        # One reduction of the step: the (L, E) counts of every layer, the loss sums and
-        # the stop flag; then the bias update, outside autograd, identical on every rank.
-        step_loads_LE, (lm_sum, bal_sum), stop = reduce_step(ctx, model.loads(), [lm_sum, bal_sum], stop_requested)
-        loads_LE = self.balancer.end_step(model, loads_LE=step_loads_LE).cpu().numpy()
-        if self.dist_cfg.check_sync:
-            check_replicated(ctx, model, model.biases(), step + 1)
-        maxvio_L = np.atleast_1d(max_violation(loads_LE))
-        self.history.append(float(maxvio_L.mean()))
-        self.last_loss = lm_sum / n_micro
-        return _StepStats(
-            done=step + 1, lr=lr, lm_loss=self.last_loss, balance_loss=bal_sum / n_micro,
-            grad_norm=float(grad_norm), loads_LE=loads_LE, maxvio_L=maxvio_L,
-            maxvio_computation=float(np.mean(max_violation(torch.stack(micro_loads).cpu().numpy()))),
-            seconds=time.perf_counter() - t0, stop=stop,
-            scores_LTE=torch.stack([torch.cat(p) for p in scores_parts]) if traced else None,
-            bias_before_LE=bias_before_LE,
-        )
+        scores_LTE = torch.stack([torch.cat(p) for p in scores_parts]) if traced else None
+        return lm_sum, bal_sum, torch.stack(micro_loads), scores_LTE
 
     def evaluate_and_log(self, s: _StepStats) -> None:
         """The step's rows of the logs, its trace, and the evaluation when one is due."""
