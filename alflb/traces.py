@@ -51,6 +51,16 @@ collects the scores each produces (``source="output"``) or receives
 ``rec.save(path)`` writes the file. Calls of one router within a step (micro-batches)
 are concatenated along tokens; every step must see every layer with the same token count.
 
+A recorder made with ``TraceRecorder(None)`` registers no hook: each step is handed over
+whole with :meth:`TraceRecorder.add_step`, optionally with its loads (then written as
+``loads_NLE``), the biases it routed with and a label (the trainer of :mod:`alflb.model`
+records its traced optimiser steps this way, after gathering the scores of every rank):
+
+>>> rec = TraceRecorder(None)
+>>> rec.add_step(np.full((2, 4, 3), 0.5), load_LE=[[4, 4, 0], [0, 4, 4]], label=7)
+>>> rec.labels, rec.to_trace().loads_NLE.shape
+([7], (1, 2, 3))
+
 References
 ----------
 .. [HZ] X.Y. Han, Y. Zhong, arXiv:2512.03915 (the online setting).
@@ -198,12 +208,14 @@ def load_trace(path: str | os.PathLike) -> Trace:
 
 
 class TraceRecorder:
-    """Record router scores from PyTorch modules with forward hooks.
+    """Record router scores, from PyTorch modules with forward hooks or handed over per step.
 
     Parameters
     ----------
-    modules : sequence of torch.nn.Module
-        One module per MoE layer, in layer order.
+    modules : sequence of torch.nn.Module, or None
+        One module per MoE layer, in layer order; ``None`` registers no hook: every step
+        is handed over whole with :meth:`add_step` (a trainer that gathers the scores of
+        several ranks does this).
     source : {"output", "input"}
         Record what the module returns, or what it receives.
     index : int
@@ -217,12 +229,15 @@ class TraceRecorder:
 
     Each capture is detached, cast to float32, moved to the CPU and reshaped to
     ``(-1, E)``. :meth:`end_step` closes a step; :meth:`to_trace` / :meth:`save` build the
-    file; :meth:`close` removes the hooks (also on ``with`` exit).
+    file; :meth:`close` removes the hooks (also on ``with`` exit). A step may carry its
+    loads ``(L, E)`` (written as ``loads_NLE`` when every step has them), the biases it was
+    routed with ``(L, E)`` (:attr:`bias_NLE`) and a label such as its optimiser step
+    (:attr:`labels`); the caller decides what of these goes into the metadata.
     """
 
     def __init__(
         self,
-        modules: Sequence[Any],
+        modules: Sequence[Any] | None,
         *,
         source: str = "output",
         index: int = 0,
@@ -231,13 +246,19 @@ class TraceRecorder:
     ) -> None:
         if source not in ("output", "input"):
             raise InvalidInputError(f"source must be 'output' or 'input', got {source!r}")
-        modules = list(modules)
-        if not modules:
-            raise InvalidInputError("TraceRecorder needs at least one module")
+        if modules is None:
+            modules = []
+        else:
+            modules = list(modules)
+            if not modules:
+                raise InvalidInputError("TraceRecorder needs at least one module (or None: no hooks)")
         self._source, self._index, self._transform = source, int(index), transform
         self._only_training = bool(only_training)
         self._current: list[list[np.ndarray]] = [[] for _ in modules]
-        self._steps: list[np.ndarray] = []
+        self._steps: list[np.ndarray] = []  # each (L, T, E) float32
+        self._loads: list[np.ndarray | None] = []  # each (L, E) int64
+        self._biases: list[np.ndarray | None] = []  # each (L, E) float32
+        self._labels: list[int | None] = []
         self._handles = [
             m.register_forward_hook(self._make_hook(layer)) for layer, m in enumerate(modules)
         ]
@@ -265,8 +286,22 @@ class TraceRecorder:
         """Steps closed so far."""
         return len(self._steps)
 
-    def end_step(self) -> None:
+    @property
+    def labels(self) -> list[int | None]:
+        """The label of every closed step (``None`` where none was given)."""
+        return list(self._labels)
+
+    @property
+    def bias_NLE(self) -> np.ndarray:
+        """The biases of the closed steps, ``(N, L, E)`` float32 (every step must carry them)."""
+        if any(b is None for b in self._biases):
+            raise InvalidInputError("bias_NLE: some recorded steps carry no biases")
+        return np.stack(self._biases)
+
+    def end_step(self, *, load_LE: Any = None, bias_LE: Any = None, label: int | None = None) -> None:
         """Close the current step: every layer must have been seen, with the same token count."""
+        if not self._current:
+            raise InvalidInputError("end_step: this recorder has no hooks; hand steps over with add_step")
         missing = [layer for layer, chunks in enumerate(self._current) if not chunks]
         if missing:
             raise InvalidInputError(f"end_step: layers {missing} produced no scores in this step")
@@ -274,19 +309,46 @@ class TraceRecorder:
         shapes = {a.shape for a in per_layer}
         if len(shapes) != 1:
             raise InvalidInputError(f"end_step: layers disagree on (tokens, experts): {sorted(shapes)}")
-        if self._steps and self._steps[0].shape[1:] != per_layer[0].shape:
-            raise InvalidInputError(
-                f"end_step: step has (T, E) = {per_layer[0].shape}, earlier steps had "
-                f"{self._steps[0].shape[1:]}"
-            )
-        self._steps.append(np.stack(per_layer).astype(np.float32, copy=False))
         self._current = [[] for _ in self._current]
+        self.add_step(np.stack(per_layer), load_LE=load_LE, bias_LE=bias_LE, label=label)
+
+    def add_step(self, scores_LTE: Any, *, load_LE: Any = None, bias_LE: Any = None,
+                 label: int | None = None) -> None:
+        """Append one whole step: scores ``(L, T, E)``, optionally its loads, biases and label."""
+        scores = np.asarray(scores_LTE, dtype=np.float32)
+        if scores.ndim != 3:
+            raise InvalidInputError(f"add_step: scores must be (L, T, E), got shape {scores.shape}")
+        if self._steps and self._steps[0].shape != scores.shape:
+            raise InvalidInputError(
+                f"a step has (L, T, E) = {scores.shape}, earlier steps had "
+                f"{self._steps[0].shape}"
+            )
+        self._steps.append(scores)
+        self._loads.append(None if load_LE is None else np.asarray(load_LE, dtype=np.int64))
+        self._biases.append(None if bias_LE is None else np.asarray(bias_LE, dtype=np.float32))
+        self._labels.append(None if label is None else int(label))
+
+    def add_trace(self, trace: Trace, *, labels: Sequence[int] | None = None,
+                  bias_NLE: Any = None) -> None:
+        """Append every step of a loaded :class:`Trace` (with its loads), e.g. to continue one."""
+        for n, scores_LTE in enumerate(trace.scores_NLTE):
+            self.add_step(scores_LTE, load_LE=None if trace.loads_NLE is None else trace.loads_NLE[n],
+                          bias_LE=None if bias_NLE is None else bias_NLE[n],
+                          label=None if labels is None else labels[n])
+
+    def keep_until(self, label: int) -> None:
+        """Drop the steps labelled after ``label`` (a resumed run records them again)."""
+        keep = [i for i, lab in enumerate(self._labels) if lab is not None and lab <= label]
+        for name in ("_steps", "_loads", "_biases", "_labels"):
+            old = getattr(self, name)
+            setattr(self, name, [old[i] for i in keep])
 
     def to_trace(self, metadata: dict[str, Any] | None = None) -> Trace:
         """The closed steps as a :class:`Trace`."""
         if not self._steps:
             raise InvalidInputError("no step recorded: call end_step() after each step")
-        return Trace(np.stack(self._steps), None, dict(metadata or {}))
+        loads = None if any(a is None for a in self._loads) else np.stack(self._loads)
+        return Trace(np.stack(self._steps), loads, dict(metadata or {}))
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
         """Write the closed steps to ``path``."""

@@ -15,13 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from model_corpus import stdlib_corpus
 
 from alflb.errors import InvalidInputError
 from alflb.model.balancing import BalanceConfig, Balancer
@@ -30,10 +30,10 @@ from alflb.model.distributed import (
     DistConfig,
     DistContext,
     check_shardable,
-    free_port,
     reduce_step,
     shard_batch,
 )
+from alflb.model.launch import free_port
 from alflb.model.train import TrainConfig, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def _record_target(cfg_dict: dict, out: str, fault: str, timeout_s: float) -> in
 
 
 def _script_main(argv: list[str]) -> int:
-    from alflb.model.distributed import launch_local
+    from alflb.model.launch import launch_local
 
     fault, out, corpus, timeout_s = argv[0], argv[1], argv[2], float(argv[3])
     return launch_local(2, _record_target, (_cfg(corpus).as_dict(), out, fault, timeout_s), grace_s=2.0)
@@ -118,17 +118,7 @@ def _run_script(fault: str, out: Path, corpus: Path, timeout_s: float = 30.0):
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for f in sorted(stdlib.glob("*.py")):
-        data = f.read_bytes()
-        parts.append(data)
-        size += len(data)
-        if size > 200_000:
-            break
-    path = tmp_path_factory.mktemp("corpus") / "text.py"
-    path.write_bytes(b"\n\n".join(parts))
-    return path
+    return stdlib_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +156,10 @@ def test_single_process_reduction_is_the_identity_and_configs_validate():
     loads = torch.arange(6).view(2, 3)
     out, sums, stop = reduce_step(DistContext(), loads, [1.5, 2.0], True)
     assert out is loads and sums == [1.5, 2.0] and stop is True
-    with pytest.raises(InvalidInputError, match="timeout_s must be a positive number"):
+    with pytest.raises(InvalidInputError, match="timeout_s must be > 0, got 0"):
         DistConfig(timeout_s=0)
+    with pytest.raises(InvalidInputError, match="timeout_s must be a finite number, got nan"):
+        DistConfig(timeout_s=float("nan"))
     assert 0 < free_port() < 65536
 
 
@@ -179,6 +171,19 @@ def test_nproc_refuses_a_batch_that_does_not_shard(corpus_file, tmp_path, capsys
     assert rc == 2
     assert "batch_size=6 must be a multiple of world_size * grad_accum = 4 * 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_distributed_knows_nothing_of_the_model_and_the_balancer_never_communicates():
+    """Layering: collectives live in distributed.py (no import from alflb.model); the
+    balancer only receives reduced counts."""
+    import ast
+
+    model_dir = ROOT / "alflb" / "model"
+    tree = ast.parse((model_dir / "distributed.py").read_text())
+    relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1]
+    absolute = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert relative == [] and not any(m.startswith("alflb.model") for m in absolute)
+    assert "torch.distributed" not in (model_dir / "balancing.py").read_text()
 
 
 # ------------------------------------------------------------------ two ranks

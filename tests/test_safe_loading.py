@@ -105,6 +105,16 @@ def _checkpoint_payload(marker) -> dict:
             "rng": {}, "train_config": {}}
 
 
+def _plant_checkpoint(folder, marker) -> None:
+    """A malicious step-1 checkpoint whose pointer carries its true SHA-256."""
+    buf = io.BytesIO()
+    torch.save(_checkpoint_payload(marker), buf)
+    raw = buf.getvalue()
+    (folder / "step_00000001.pt").write_bytes(raw)
+    (folder / "latest.json").write_text(json.dumps(
+        {"file": "step_00000001.pt", "step": 1, "sha256": hashlib.sha256(raw).hexdigest()}))
+
+
 def test_checkpoint_with_a_pickled_object(tmp_path, marker):
     path = tmp_path / "evil.pt"
     torch.save(_checkpoint_payload(marker), path)
@@ -116,12 +126,7 @@ def test_checkpoint_with_a_valid_digest_is_still_not_unpickled(tmp_path, marker)
     """A pointer whose SHA-256 matches the malicious file does not make it trusted."""
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    buf = io.BytesIO()
-    torch.save(_checkpoint_payload(marker), buf)
-    raw = buf.getvalue()
-    (folder / "step_00000001.pt").write_bytes(raw)
-    (folder / "latest.json").write_text(json.dumps(
-        {"file": "step_00000001.pt", "step": 1, "sha256": hashlib.sha256(raw).hexdigest()}))
+    _plant_checkpoint(folder, marker)
     with pytest.raises(CorruptFileError, match=r"is unreadable"):
         load_checkpoint(folder)
 
@@ -142,11 +147,6 @@ def test_resume_from_a_planted_checkpoint(tmp_path, marker):
     cfg = TrainConfig.from_preset("tiny", corpus=str(corpus), progress=False, steps=1)
     train(cfg, tmp_path / "run")
     folder = tmp_path / "run" / "checkpoints"
-    buf = io.BytesIO()
-    torch.save(_checkpoint_payload(marker), buf)
-    raw = buf.getvalue()
-    (folder / "step_00000001.pt").write_bytes(raw)
-    (folder / "latest.json").write_text(json.dumps(
-        {"file": "step_00000001.pt", "step": 1, "sha256": hashlib.sha256(raw).hexdigest()}))
+    _plant_checkpoint(folder, marker)
     with pytest.raises(CorruptFileError):
         train(cfg, tmp_path / "run", resume=True)

@@ -114,3 +114,33 @@ def test_recorder_only_training_and_errors():
     rec.close()
     with pytest.raises(InvalidInputError, match="source must be"):
         TraceRecorder([router], source="grad")
+
+
+def test_recorder_by_hand_keeps_loads_biases_and_labels(tmp_path):
+    """``TraceRecorder(None)``: steps handed over whole (as the trainer does), then resumed."""
+    scores = _scores(n=3)
+    loads = np.arange(3 * 2 * 4, dtype=np.int64).reshape(3, 2, 4)
+    bias = np.linspace(-1, 1, 3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)
+    rec = TraceRecorder(None)
+    for n in range(3):
+        rec.add_step(scores[n], load_LE=loads[n], bias_LE=bias[n], label=10 * (n + 1))
+    assert rec.labels == [10, 20, 30]
+    path = rec.save(tmp_path / "t.npz", metadata={"steps": rec.labels, "bias_NLE": rec.bias_NLE.tolist()})
+    tr = load_trace(path)
+    np.testing.assert_array_equal(tr.scores_NLTE, scores)
+    np.testing.assert_array_equal(tr.loads_NLE, loads)
+    again = TraceRecorder(None)
+    again.add_trace(tr, labels=tr.metadata["steps"], bias_NLE=np.asarray(tr.metadata["bias_NLE"]))
+    again.keep_until(20)  # a run resumed after step 20 records step 30 again
+    assert again.labels == [10, 20]
+    np.testing.assert_array_equal(again.bias_NLE, bias[:2])
+    np.testing.assert_array_equal(again.to_trace().loads_NLE, loads[:2])
+    with pytest.raises(InvalidInputError, match="earlier steps had"):
+        again.add_step(_scores(n=1, t=6)[0])
+    with pytest.raises(InvalidInputError, match="no hooks"):
+        again.end_step()
+    unlabelled = TraceRecorder(None)
+    unlabelled.add_step(scores[0])
+    assert unlabelled.to_trace().loads_NLE is None  # loads only when every step has them
+    with pytest.raises(InvalidInputError, match="carry no biases"):
+        _ = unlabelled.bias_NLE

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from model_corpus import stdlib_corpus
 
 from alflb import rules
 from alflb.errors import CorruptFileError, InvalidInputError, RunFolderExistsError, UnknownNameError
@@ -31,17 +31,7 @@ from alflb.traces import load_trace
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
     """~200 KB of real text: the first standard-library modules, concatenated."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts, size = [], 0
-    for f in sorted(stdlib.glob("*.py")):
-        data = f.read_bytes()
-        parts.append(data)
-        size += len(data)
-        if size > 200_000:
-            break
-    path = tmp_path_factory.mktemp("corpus") / "text.py"
-    path.write_bytes(b"\n\n".join(parts))
-    return path
+    return stdlib_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _cfg(corpus: Path, **kw) -> TrainConfig:
@@ -249,6 +239,72 @@ def test_global_aux_loss_uses_the_running_global_counts():
     torch.testing.assert_close(got, expected)
 
 
+def test_global_aux_loss_uses_the_injected_reduction():
+    """The balancer sums counts over ranks only through the reducer the trainer hands it."""
+    torch.manual_seed(0)
+    model = DeepSeekMoE(get_preset("tiny"))
+    # another rank's counts: 12 tokens, K = 2 slots each, in each of the 2 MoE layers
+    other_LE = torch.tensor([[3] * 8, [6, 0] * 4], dtype=torch.int64)
+
+    def reduce_counts(counts_LE, n_tokens):
+        return counts_LE + other_LE, n_tokens + 12
+
+    bal = Balancer(BalanceConfig(mode="global_aux", alpha=1.0), model, reduce_counts=reduce_counts)
+    bal.begin_step(model)
+    x = torch.randint(0, 256, (2, 16))
+    out = model(x, x)
+    got = bal.loss(out.routing, model)
+    counts = model.loads() + other_LE
+    expected = sum(switch_aux_loss(r, counts[i], 32 + 12) for i, r in enumerate(out.routing))
+    torch.testing.assert_close(got, expected)
+    local = Balancer(BalanceConfig(mode="global_aux", alpha=1.0), model)  # mutant: no reduction
+    local.begin_step(model)
+    out = model(x, x)
+    assert not torch.allclose(local.loss(out.routing, model), expected)
+
+
+def test_balancer_never_touches_torch_distributed(monkeypatch):
+    """All collectives go through DistContext: an initialised group must not be used here."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the balancer called torch.distributed")
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", forbidden)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    torch.manual_seed(0)
+    model = DeepSeekMoE(get_preset("tiny"))
+    for mode in ("global_aux", "sign"):
+        bal = Balancer(BalanceConfig(mode=mode), model)
+        bal.init_biases(model)
+        bal.begin_step(model)
+        x = torch.randint(0, 256, (2, 16))
+        bal.loss(model(x, x).routing, model)
+        assert int(bal.end_step(model).sum()) == 2 * 16 * 2 * 2  # (B T K) slots in each of 2 layers
+
+
+@pytest.mark.parametrize("mode, params, selection", [
+    ("multiplicative", {}, "mul"),
+    ("frozen_tail", {"base": rules.MultiplicativeRule(u=0.1)}, "mul"),
+    ("sign", {}, "add"),
+    ("aux", {}, "add"),
+])
+def test_router_selection_is_the_rules_declared_mode(mode, params, selection):
+    model = DeepSeekMoE(get_preset("tiny"))
+    model.set_selection("mul" if selection == "add" else "add")  # the balancer must overwrite it
+    Balancer(BalanceConfig(mode=mode, rule_params=params), model)
+    assert {r.selection for r in model.routers()} == {selection}
+    rule = BalanceConfig(mode=mode, rule_params=params).make_rule()
+    assert selection == (rule.capabilities().selection if rule else "add")
+
+
+def test_u_sets_the_step_only_of_rules_whose_step_is_u():
+    assert BalanceConfig(mode="sign", u=0.5).make_rule().u == 0.5
+    assert BalanceConfig(mode="frozen_tail", u=0.5).make_rule().base.u == 0.5
+    assert BalanceConfig(mode="sign", u=0.5, rule_params={"u": 0.25}).make_rule().u == 0.25
+    decay = BalanceConfig(mode="decay", u=0.5).make_rule()
+    assert decay.capabilities().step_param != "u" and decay == rules.make_rule("decay")
+
+
 @pytest.mark.parametrize("mode, match", [
     ("nonsense", "unknown balance mode 'nonsense'"),
 ])
@@ -383,3 +439,38 @@ def test_cli_train_writes_a_replayable_trace(corpus_file, tmp_path, capsys):
     # resume through the CLI with more steps
     assert main(["train", "--out", str(out), "--steps", "6", "--resume", "--no-progress"]) == 0
     assert len(read_metrics(out)) == 6
+
+
+# ------------------------------------------------------------------ plots and progress
+
+
+def test_training_module_selects_no_matplotlib_backend():
+    """Importing the trainer leaves a notebook's backend alone (no ``matplotlib.use`` at import)."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import alflb.model.train; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+
+
+def test_training_plots_leave_no_pyplot_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from alflb.plots.training import save_training_plots
+
+    rows = [{"step": float(s), "lm_loss": 5.0 - s / 10, "maxvio_batch": 1.0 / s,
+             "val_loss": 4.0 if s == 10 else None, "maxvio_global": 0.1} for s in range(1, 11)]
+    before = plt.get_fignums()
+    paths = save_training_plots(rows, tmp_path)
+    assert [p.name for p in paths] == ["loss.png", "maxvio.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    assert plt.get_fignums() == before
+    assert save_training_plots([], tmp_path / "empty") == []
+
+
+def test_progress_bar_writes_nothing_to_a_non_terminal(corpus_file, tmp_path, capsys):
+    train(_cfg(corpus_file, steps=1, progress=True), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "train" not in err and "\r" not in err

@@ -141,10 +141,12 @@ def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .._validate import positive_int
     from ..errors import InvalidInputError
     from ..model.balancing import BalanceConfig
-    from ..model.distributed import DistConfig, check_shardable, launch_local
-    from ..model.train import TrainConfig, load_run_config
+    from ..model.distributed import DistConfig, check_shardable
+    from ..model.launch import launch_local
+    from ..model.train_config import TrainConfig, load_run_config
 
     trace_steps = parse_steps(args.trace_steps) if args.trace_steps is not None else None
     changes: dict[str, Any] = {
@@ -179,9 +181,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_preset(args.preset, model_overrides=model_overrides, balance=balance,
                                       seed=args.seed, **extra, **changes)
     dist_cfg = DistConfig(timeout_s=args.dist_timeout, check_sync=args.check_sync)
-    if args.nproc < 1:
-        raise InvalidInputError(f"--nproc must be a positive integer, got {args.nproc}")
-    if args.nproc > 1:
+    if positive_int(args.nproc, "--nproc") > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InvalidInputError("--nproc > 1 inside a torchrun worker: let torchrun start the processes")
         check_shardable(cfg.batch_size, cfg.grad_accum, args.nproc)

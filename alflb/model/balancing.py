@@ -55,6 +55,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,7 @@ import numpy as np
 import torch
 
 from .. import rules as _rules
-from ..errors import InvalidInputError, UnknownNameError
+from ..errors import CorruptFileError, InvalidInputError, UnknownNameError
 from .transformer import DeepSeekMoE, RouterOutput
 
 __all__ = [
@@ -123,16 +124,14 @@ class BalanceConfig:
         return _DEFAULT_ALPHA[self.mode] if self.alpha is None else float(self.alpha)
 
     def make_rule(self) -> _rules.UpdateRule | None:
-        """The update rule, with ``u`` passed when the rule (or its base) takes it."""
+        """The update rule; ``u`` sets its step when the rule declares ``u`` as its step parameter."""
         name = self.rule_name
         if name is None:
             return None
-        params = dict(self.rule_params)
-        probe = _rules.make_rule(name, **params)
-        takes_u = hasattr(probe, "u") or hasattr(getattr(probe, "base", None), "u")
-        if takes_u and "u" not in params:
-            params["u"] = self.u
-        return _rules.make_rule(name, **params)
+        rule = _rules.make_rule(name, **self.rule_params)
+        if rule.capabilities().step_param == "u" and "u" not in self.rule_params:
+            rule = rule.with_step(self.u)
+        return rule
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,29 +181,41 @@ def sequence_aux_loss(routing: RouterOutput) -> torch.Tensor:
 # ---------------------------------------------------------------------- balancer
 
 
+# (counts_LE, n_tokens) of this process -> the same summed over data-parallel ranks
+CountReducer = Callable[[torch.Tensor, int], tuple[torch.Tensor, int]]
+
+
+def _local_counts(counts_LE: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, int]:
+    return counts_LE, n_tokens
+
+
 class Balancer:
     """Applies one :class:`BalanceConfig` to a model during training.
 
     Per optimiser step: :meth:`begin_step` (zero the counts), for every micro-batch
     :meth:`loss` (the term to add to the language-model loss, 0 for pure rules), then
-    after ``optimizer.step()`` :meth:`end_step` (read the global-batch loads, run the rule,
+    after ``optimizer.step()`` :meth:`end_step` (the global-batch loads, run the rule,
     write the new fp32 biases). :meth:`state_dict` holds the rule states for checkpoints
     (tensors and ints only: ``torch.load(weights_only=True)`` reads it).
+
+    The balancer never communicates: with data parallelism the trainer passes the loads
+    summed over ranks to :meth:`end_step`, and ``reduce_counts`` (``global_aux``'s running
+    counts at every micro-batch, e.g.
+    :meth:`~alflb.model.distributed.DistContext.reduce_counts`); both default to this
+    process's counts. Each router's selection (``scores + bias`` or ``scores * bias``) is
+    the one the rule declares (:meth:`alflb.rules.UpdateRule.capabilities`).
     """
 
-    def __init__(self, cfg: BalanceConfig, model: DeepSeekMoE) -> None:
+    def __init__(self, cfg: BalanceConfig, model: DeepSeekMoE, *,
+                 reduce_counts: CountReducer | None = None) -> None:
         self.cfg = cfg
         self.rule = cfg.make_rule()
+        self.reduce_counts = reduce_counts or _local_counts
         routers = model.routers()
         self.n_layers = len(routers)
         E = model.cfg.n_routed_experts
         self.n_experts, self.top_k = E, model.cfg.top_k
-        mul = self.rule is not None and (
-            isinstance(self.rule, _rules.MultiplicativeRule)
-            or isinstance(getattr(self.rule, "base", None), _rules.MultiplicativeRule)
-        )
-        for r in routers:
-            r.bias_mode = "mul" if mul else "add"
+        model.set_selection(self.rule.capabilities().selection if self.rule is not None else "add")
         self.states: list[_rules.RuleState | None] = [None] * self.n_layers
         self._scores: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
         self._tokens = 0
@@ -238,9 +249,7 @@ class Balancer:
         elif mode == "global_aux":
             # The routers have counted this micro-batch already (counting happens in forward);
             # with data parallelism the running counts are summed over ranks (one all-reduce).
-            from .distributed import global_running_counts
-
-            counts_LE, n_counted = global_running_counts(model.loads(), self._tokens)
+            counts_LE, n_counted = self.reduce_counts(model.loads(), self._tokens)
             terms = [alpha * switch_aux_loss(r, counts_LE[i], n_counted) for i, r in enumerate(routing)]
         elif self.cfg.seq_alpha > 0:
             terms = [self.cfg.seq_alpha * sequence_aux_loss(r) for r in routing]
@@ -248,19 +257,13 @@ class Balancer:
 
     @torch.no_grad()
     def end_step(self, model: DeepSeekMoE, loads_LE: torch.Tensor | None = None) -> torch.Tensor:
-        """Read the global-batch loads ``(L, E)``, update the biases, return the loads.
+        """Update the biases from the global-batch loads ``(L, E)`` and return the loads.
 
-        Counts are all-reduced over data-parallel ranks when ``torch.distributed`` is
-        initialised, unless ``loads_LE`` passes the global-batch counts already reduced
-        (the trainer folds them into its one reduction per step). Call after
-        ``optimizer.step()``.
+        ``loads_LE`` are the counts of the whole global batch (the trainer sums them over
+        data-parallel ranks in its one reduction per step); ``None`` reads this process's
+        counts from the routers. Call after ``optimizer.step()``.
         """
-        if loads_LE is not None:
-            loads_LE = loads_LE.clone()
-        else:
-            loads_LE = model.loads().clone()
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(loads_LE)
+        loads_LE = (model.loads() if loads_LE is None else loads_LE).clone()
         if self.rule is not None:
             n_tokens = int(loads_LE[0].sum()) // self.top_k
             capacity_E = np.full(self.n_experts, self.top_k * n_tokens / self.n_experts)
@@ -285,8 +288,6 @@ class Balancer:
     def load_state_dict(self, d: dict[str, Any], model: DeepSeekMoE) -> None:
         states = d.get("states")
         if not isinstance(states, list) or len(states) != self.n_layers:
-            from ..errors import CorruptFileError
-
             raise CorruptFileError(f"balancer state holds {states!r}, expected {self.n_layers} layer states")
         routers = model.routers()
         self.states = [

@@ -1,4 +1,10 @@
-r"""Data-parallel training with ``torch.distributed``: sharding, the per-step reduction, launch.
+r"""Data-parallel training with ``torch.distributed``: the process group, sharding, collectives.
+
+Every collective of the package goes through :class:`DistContext` (``all_reduce``,
+``all_gather``, ``barrier``, ``on_main``), which names the operation in the
+:class:`DistributedError` of a failed or timed-out call. This module knows nothing of the
+model: evaluation sharding lives in :mod:`alflb.model.evaluate`, the local launcher and
+the interrupt request in :mod:`alflb.model.launch`.
 
 Shape legend: ``B`` sequences, ``T`` positions (or tokens), ``E`` experts, ``L`` MoE
 layers, ``W`` ranks (the world size).
@@ -47,7 +53,7 @@ Failure handling: the process group has a timeout (``DistConfig.timeout_s``); a
 collective that fails (a peer exited: gloo sees the closed connection at once) or times
 out (a peer hangs) raises :class:`DistributedError` naming the rank and the operation.
 Under ``torchrun`` the elastic agent stops the other workers when one exits non-zero;
-:func:`launch_local` does the same for the ``--nproc`` launcher and names the failed rank.
+:func:`alflb.model.launch.launch_local` does the same for the ``--nproc`` launcher and names the failed rank.
 
 Launch::
 
@@ -76,37 +82,26 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import multiprocessing
 import os
-import signal
-import socket
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 
+from .._validate import finite_float
 from ..errors import AlflbError, InvalidInputError
 
 __all__ = [
     "DistConfig",
     "DistContext",
     "DistributedError",
-    "StopRequest",
     "backward_guard",
     "check_replicated",
     "check_shardable",
-    "evaluate_sharded",
-    "free_port",
     "gather_tokens",
-    "global_running_counts",
-    "launch_local",
     "reduce_step",
     "setup_distributed",
     "shard_batch",
@@ -128,9 +123,7 @@ class DistConfig:
     check_sync: bool = False  # verify after every step that biases and parameters agree
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) \
-                or not self.timeout_s > 0:
-            raise InvalidInputError(f"timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        finite_float(self.timeout_s, "timeout_s", minimum=0.0, strict=True)
 
 
 @dataclass(frozen=True)
@@ -159,6 +152,34 @@ class DistContext:
         if self.enabled:
             with collective(self, what):
                 tdist.barrier()
+
+    def all_reduce(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        """``x`` summed over ranks, in place (one ``all_reduce``); ``x`` itself on one rank."""
+        if self.enabled:
+            with collective(self, what):
+                tdist.all_reduce(x)
+        return x
+
+    def all_gather(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:
+        """Every rank's ``x`` (same shape on every rank), in rank order."""
+        if not self.enabled:
+            return [x]
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        with collective(self, what):
+            tdist.all_gather(parts, x.contiguous())
+        return parts
+
+    def reduce_counts(self, counts_LE: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, int]:
+        """Running ``(L, E)`` counts and their token count summed over ranks (one ``all_reduce``).
+
+        ``global_aux``'s loss calls it at every micro-batch (the trainer injects it into the
+        :class:`~alflb.model.balancing.Balancer`). One rank gets its inputs back.
+        """
+        if not self.enabled:
+            return counts_LE, n_tokens
+        packed = torch.cat([counts_LE.reshape(-1), counts_LE.new_tensor([n_tokens])])
+        self.all_reduce(packed, "the all-reduce of global_aux's running counts")
+        return packed[:-1].view_as(counts_LE), int(packed[-1])
 
     def on_main(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on rank 0 only and hand its result (or its error) to every rank.
@@ -310,40 +331,18 @@ def reduce_step(ctx: DistContext, loads_LE: torch.Tensor, sums: Sequence[float],
         loads_LE.reshape(-1).to(torch.float64),
         torch.tensor([*sums, float(stop)], dtype=torch.float64, device=loads_LE.device),
     ])
-    with collective(ctx, "the all-reduce of the step's expert counts"):
-        tdist.all_reduce(packed)
+    ctx.all_reduce(packed, "the all-reduce of the step's expert counts")
     n = loads_LE.numel()
     out_LE = packed[:n].round().to(torch.int64).view_as(loads_LE)
     rest = packed[n:].tolist()
     return out_LE, rest[:-1], rest[-1] > 0
 
 
-def global_running_counts(counts_LE: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, int]:
-    """The running counts and token count of ``global_aux`` summed over ranks (one all-reduce).
-
-    Without an initialised process group (or with one rank) the inputs come back.
-    """
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
-        return counts_LE, n_tokens
-    packed = torch.cat([counts_LE.reshape(-1), counts_LE.new_tensor([n_tokens])])
-    try:
-        tdist.all_reduce(packed)
-    except RuntimeError as exc:
-        raise DistributedError(
-            f"rank {tdist.get_rank()}: the all-reduce of global_aux's running counts failed: "
-            f"another rank has exited or timed out ({exc})"
-        ) from exc
-    return packed[:-1].view_as(counts_LE), int(packed[-1])
-
-
 def gather_tokens(ctx: DistContext, x_LTE: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``(L, T, E)`` along ``T`` in rank order (the global batch order)."""
     if not ctx.enabled:
         return x_LTE
-    parts = [torch.empty_like(x_LTE) for _ in range(ctx.world_size)]
-    with collective(ctx, "the all-gather of traced router scores"):
-        tdist.all_gather(parts, x_LTE.contiguous())
-    return torch.cat(parts, dim=1)
+    return torch.cat(ctx.all_gather(x_LTE, "the all-gather of traced router scores"), dim=1)
 
 
 def check_replicated(ctx: DistContext, model: torch.nn.Module, bias_LE: torch.Tensor, step: int) -> None:
@@ -357,170 +356,10 @@ def check_replicated(ctx: DistContext, model: torch.nn.Module, bias_LE: torch.Te
     with torch.no_grad():
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
         mine = torch.cat([bias_LE.reshape(-1).double().to(sums.device), sums])
-    parts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
-    with collective(ctx, "the replica check"):
-        tdist.all_gather(parts, mine)
+    parts = ctx.all_gather(mine, "the replica check")
     nb = bias_LE.numel()
     for r, other in enumerate(parts):
         if not torch.equal(other[:nb], parts[0][:nb]):
             raise DistributedError(f"after step {step}, rank {r}'s expert biases differ from rank 0's")
         if not torch.equal(other[nb:], parts[0][nb:]):
             raise DistributedError(f"after step {step}, rank {r}'s parameters differ from rank 0's")
-
-
-def evaluate_sharded(evaluate: Callable[..., Any], model: torch.nn.Module, windows: torch.Tensor,
-                     batch_size: int, device: torch.device, ctx: DistContext):
-    """``evaluate`` on windows ``r, r + W, ...`` of each rank, reduced: every rank gets the same result.
-
-    The loss is the token-weighted mean over all windows (equal to the single-process value
-    up to the order of the float sums); the loads are summed exactly.
-    """
-    if not ctx.enabled:
-        return evaluate(model, windows, batch_size, device)
-    from ..metrics import max_violation
-
-    mine = windows[ctx.rank::ctx.world_size]
-    n_layers, E = model.cfg.n_moe_layers, model.cfg.n_routed_experts
-    n_tok = mine.shape[0] * (windows.shape[1] - 1)
-    if mine.shape[0]:
-        res = evaluate(model, mine, batch_size, device)
-        loss_sum, loads_LE = res.loss * n_tok, res.loads_LE
-    else:
-        loss_sum, loads_LE = 0.0, np.zeros((n_layers, E), dtype=np.int64)
-    packed = torch.cat([torch.as_tensor(loads_LE, dtype=torch.float64).reshape(-1),
-                        torch.tensor([loss_sum, float(n_tok)], dtype=torch.float64)]).to(ctx.device)
-    with collective(ctx, "the all-reduce of the evaluation"):
-        tdist.all_reduce(packed)
-    packed = packed.cpu()
-    loads = packed[:-2].round().to(torch.int64).view(n_layers, E).numpy()
-    loss = float(packed[-2] / packed[-1])
-    import math
-
-    from .train import EvalResult
-
-    return EvalResult(loss, math.exp(loss), loss / math.log(2), loads, np.atleast_1d(max_violation(loads)))
-
-
-# ------------------------------------------------------------------- interrupts
-
-
-class StopRequest:
-    """While active, the first SIGINT asks the training loop to stop at the next step boundary.
-
-    The loop saves a checkpoint there and raises; a second SIGINT interrupts at once
-    (``KeyboardInterrupt``, nothing saved). Installed only in the main thread; the previous
-    handler comes back on exit.
-    """
-
-    def __init__(self, announce: bool = True) -> None:
-        self.requested = False
-        self.announce = announce
-        self._previous: Any = None
-        self._installed = False
-
-    def _handler(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if self.announce:
-            print("\ninterrupt: stopping after this step with a checkpoint "
-                  "(interrupt again to stop at once without one)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
-
-
-# ------------------------------------------------------------------------ launch
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` now (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world_size: int, port: int, target: Callable[..., int | None], args: tuple) -> None:
-    os.setsid()  # a terminal's Ctrl-C reaches the launcher only; it forwards one SIGINT
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    code = target(*args)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(int(code or 0))
-
-
-def launch_local(nproc: int, target: Callable[..., int | None], args: tuple = (), *,
-                 grace_s: float = 5.0, log: Callable[[str], None] | None = None) -> int:
-    """Run ``target(*args)`` in ``nproc`` local processes that form one gloo/NCCL group.
-
-    Each child gets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR=127.0.0.1``
-    with a free ``MASTER_PORT``, and exits with ``target``'s return value. The launcher
-    watches the children: when one exits non-zero it stops the others (SIGTERM, then
-    SIGKILL after ``grace_s``) and returns that exit code, after a message naming the
-    failed rank; a SIGINT to the launcher is forwarded once to every child (which then
-    stop at a step boundary with a checkpoint). Returns 0 when every rank succeeded.
-    """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise InvalidInputError(f"nproc must be a positive integer, got {nproc!r}")
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    mp = multiprocessing.get_context("spawn")
-    port = free_port()
-    procs = [mp.Process(target=_worker, args=(r, nproc, port, target, args), name=f"rank{r}")
-             for r in range(nproc)]
-    for p in procs:
-        p.start()
-
-    def forward(signum, frame) -> None:
-        for p in procs:
-            if p.exitcode is None and p.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGINT)
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, forward)
-    try:
-        pending = set(range(nproc))
-        while pending:
-            from multiprocessing.connection import wait
-
-            wait([procs[r].sentinel for r in pending], timeout=1.0)
-            exited = [r for r in sorted(pending) if procs[r].exitcode is not None]
-            pending.difference_update(exited)
-            failed = [r for r in exited if procs[r].exitcode not in (0, 130)]
-            if failed:
-                others = sorted(pending)
-                _stop(procs, others, grace_s)
-                what = "; ".join(
-                    f"rank {r} of {nproc} " + (f"was killed by signal {-c}" if c < 0 else f"exited with code {c}")
-                    for r in failed for c in [procs[r].exitcode]
-                )
-                log(f"alflb: {what}; stopped the other ranks {others}")
-                code = procs[failed[0]].exitcode
-                return code if code > 0 else 1
-        codes = [p.exitcode for p in procs]
-        return 130 if 130 in codes else 0
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        _stop(procs, [r for r, p in enumerate(procs) if p.exitcode is None], grace_s)
-
-
-def _stop(procs: list, ranks: list[int], grace_s: float) -> None:
-    for r in ranks:
-        if procs[r].exitcode is None:
-            procs[r].terminate()
-    deadline = time.monotonic() + grace_s
-    for r in ranks:
-        procs[r].join(max(0.0, deadline - time.monotonic()))
-        if procs[r].exitcode is None:
-            procs[r].kill()
-            procs[r].join()

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from .config import ModelConfig
 
 __all__ = [
@@ -265,9 +266,9 @@ class Router(nn.Module):
             cfg.score_func, cfg.normalize_gates, cfg.route_scale,
         )
         self.n_groups, self.topk_groups = cfg.n_groups, cfg.topk_groups
-        # How the bias enters selection: "add" (scores + bias, every additive rule) or
-        # "mul" (scores * bias, the multiplicative rule of alflb.rules); set by the trainer.
-        self.bias_mode = "add"
+        # How the bias enters selection: "add" (scores + bias) or "mul" (scores * bias), as
+        # the update rule declares (UpdateRule.capabilities().selection); the Balancer sets it.
+        self.selection = "add"
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.d_model))
         self.register_buffer("expert_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
         self.register_buffer(
@@ -298,9 +299,9 @@ class Router(nn.Module):
     def select(self, scores_TE: torch.Tensor) -> torch.Tensor:
         """Top-K experts of ``scores + bias`` (with group limiting), shape ``(T, K)``.
 
-        With ``bias_mode == "mul"`` the selection scores are ``scores * bias`` instead.
+        With ``selection == "mul"`` the selection scores are ``scores * bias`` instead.
         """
-        if self.bias_mode == "mul":
+        if self.selection == "mul":
             biased_TE = scores_TE * self.expert_bias  # (T, E) fp32; selection only
         else:
             biased_TE = scores_TE + self.expert_bias  # (T, E) fp32; selection only
@@ -434,8 +435,6 @@ class DeepSeekMoE(nn.Module):
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None) -> ModelOutput:
         B, T = idx_BT.shape
         if T > self.cfg.max_seq_len:
-            from ..errors import InvalidInputError
-
             raise InvalidInputError(f"sequence length {T} exceeds max_seq_len={self.cfg.max_seq_len}")
         x = self.embed(idx_BT)  # (B, T, D)
         routing: list[RouterOutput] = []
@@ -456,6 +455,13 @@ class DeepSeekMoE(nn.Module):
     def reset_loads(self) -> None:
         for r in self.routers():
             r.reset_load_count()
+
+    def set_selection(self, selection: str) -> None:
+        """How every router combines scores and bias: ``"add"`` or ``"mul"`` (a rule's declared mode)."""
+        if selection not in ("add", "mul"):
+            raise InvalidInputError(f"selection must be 'add' or 'mul', got {selection!r}")
+        for r in self.routers():
+            r.selection = selection
 
     def biases(self) -> torch.Tensor:
         """Expert biases of every MoE layer, ``(L, E)`` fp32 (a copy)."""

@@ -1,0 +1,148 @@
+"""The logs of a training run folder: ``metrics.csv``, ``loads.csv``, ``biases.csv``, the trace.
+
+Shape legend: ``N`` traced steps, ``L`` MoE layers, ``T`` tokens, ``E`` experts.
+
+Every CSV is written by :mod:`alflb._tables` (one float format, ``None`` as an empty
+cell), one row per optimiser step (per step and MoE layer for the loads and biases), and
+appended to as the run goes; rank 0 alone writes. On resume each log is truncated to the
+rows of the resumed step, so the continued run's logs equal an uninterrupted run's.
+
+``traces/trace.npz`` holds the router scores of the traced steps in
+:mod:`alflb.traces`'s format, recorded with :class:`alflb.traces.TraceRecorder`:
+``scores_NLTE`` (the unbiased scores of each traced step's global batch, float32),
+``loads_NLE`` (the loads the model routed with its bias) and ``metadata`` with ``k``,
+``score_func``, ``steps`` (the 1-based optimiser steps traced), ``bias_NLE`` (the fp32
+biases used for routing those steps; the router adds the bias, an overloaded expert's
+bias goes down) and ``moe_blocks``; ``alflb simulate --trace FILE`` replays it.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._tables import csv_text, format_cell
+from ..runio import atomic_write_text
+from ..traces import TraceRecorder, load_trace
+
+__all__ = ["CsvLog", "RunLogs", "RunTrace", "metrics_header", "read_metrics"]
+
+
+def metrics_header(blocks: Sequence[int]) -> list[str]:
+    """The columns of ``metrics.csv`` for MoE layers at block indices ``blocks``."""
+    return (["step", "lr", "loss", "lm_loss", "balance_loss", "grad_norm", "maxvio_batch"]
+            + [f"maxvio_batch_layer{b}" for b in blocks] + ["maxvio_computation_batch"]
+            + ["tokens_per_s", "elapsed_s", "val_loss", "val_ppl", "val_bpb", "maxvio_global"]
+            + [f"maxvio_global_layer{b}" for b in blocks])
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
+    """``metrics.csv`` as a list of dicts of floats (``None`` for empty cells)."""
+    with (Path(run_dir) / "metrics.csv").open(newline="") as fh:
+        return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header; on resume, truncated to the rows of steps ``<= resume_step``.
+
+    A log opened with ``write=False`` (the ranks other than 0) writes nothing.
+    """
+
+    def __init__(self, path: Path, header: list[str], resume_step: int | None, *, write: bool = True) -> None:
+        self.path, self.header, self.fh = path, header, None
+        if not write:
+            return
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as fh:
+                reader = csv.reader(fh)
+                if next(reader, None) == header:
+                    rows = [dict(zip(header, r)) for r in reader if r and int(r[0]) <= resume_step]
+        atomic_write_text(path, csv_text(rows, header))
+        self.fh = path.open("a", newline="")
+        self._writer = csv.writer(self.fh, lineterminator="\n")
+
+    def write(self, row: Mapping[str, Any] | Sequence[Any]) -> None:
+        """One row: a mapping by column name (missing columns empty) or the cells in order."""
+        if self.fh is None:
+            return
+        cells = [row.get(h) for h in self.header] if isinstance(row, Mapping) else row
+        self._writer.writerow([format_cell(v) for v in cells])
+
+    def flush(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+class RunLogs:
+    """The three CSV logs of a run: ``metrics.csv``, ``loads.csv`` and ``biases.csv``."""
+
+    def __init__(self, run_dir: Path, blocks: Sequence[int], n_experts: int, resume_step: int | None,
+                 *, write: bool = True) -> None:
+        self.blocks = list(blocks)
+        per_layer = ["step", "layer", *(f"e{k}" for k in range(n_experts))]
+        self.metrics = CsvLog(run_dir / "metrics.csv", metrics_header(blocks), resume_step, write=write)
+        self.loads = CsvLog(run_dir / "loads.csv", per_layer, resume_step, write=write)
+        self.biases = CsvLog(run_dir / "biases.csv", per_layer, resume_step, write=write)
+
+    def write_layers(self, step: int, loads_LE: np.ndarray, biases_LE: np.ndarray) -> None:
+        """The step's global-batch loads and the biases after its update, one row per MoE layer."""
+        for b, load_E, bias_E in zip(self.blocks, loads_LE, biases_LE):
+            self.loads.write([step, b, *load_E.tolist()])
+            self.biases.write([step, b, *[float(v) for v in bias_E]])
+
+    def flush(self) -> None:
+        for log in (self.metrics, self.loads, self.biases):
+            log.flush()
+
+    def close(self) -> None:
+        for log in (self.metrics, self.loads, self.biases):
+            log.close()
+
+
+class RunTrace:
+    """The router scores of the traced steps; :meth:`flush` rewrites ``traces/trace.npz`` atomically.
+
+    It is flushed at every checkpoint and at the end; a resumed run reloads the steps up
+    to its checkpoint (``resume_step``) and records the rest again. Disabled (nothing is
+    recorded or written) on ranks other than 0 and when no step is traced.
+    """
+
+    def __init__(self, run_dir: Path, *, top_k: int, score_func: str, blocks: Sequence[int],
+                 resume_step: int, enabled: bool) -> None:
+        self.path = run_dir / "traces" / "trace.npz"
+        self.top_k, self.score_func, self.blocks = top_k, score_func, list(blocks)
+        self.enabled = enabled
+        self.recorder = TraceRecorder(None)
+        if not enabled:
+            return
+        self.path.parent.mkdir(exist_ok=True)
+        if self.path.exists():
+            trace = load_trace(self.path)
+            self.recorder.add_trace(trace, labels=trace.metadata["steps"],
+                                    bias_NLE=np.asarray(trace.metadata["bias_NLE"], dtype=np.float32))
+            self.recorder.keep_until(resume_step)
+
+    def add(self, step: int, scores_LTE: np.ndarray, bias_LE: np.ndarray, load_LE: np.ndarray) -> None:
+        """Step ``step``'s scores ``(L, T, E)``, the biases it routed with and its loads ``(L, E)``."""
+        if self.enabled:
+            self.recorder.add_step(scores_LTE, load_LE=load_LE, bias_LE=bias_LE, label=step)
+
+    def flush(self) -> None:
+        if not (self.enabled and self.recorder.labels):
+            return
+        rec = self.recorder
+        metadata = {  # the key order of the files written so far (the metadata is one JSON string)
+            "source": "alflb.model", "score_func": self.score_func, "moe_blocks": self.blocks,
+            "k": int(self.top_k), "steps": [int(s) for s in rec.labels],
+            "bias_NLE": rec.bias_NLE.astype(np.float64).tolist(), "activation": self.score_func,
+        }
+        rec.to_trace(metadata).save(self.path)

@@ -1,0 +1,21 @@
+"""The real text the model tests train on: the first standard-library modules, concatenated."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+
+def stdlib_corpus(folder: Path, size: int = 200_000) -> Path:
+    """Write ``text.py`` (just over ``size`` bytes of Python source) into ``folder``; return its path."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    parts, total = [], 0
+    for f in sorted(stdlib.glob("*.py")):
+        data = f.read_bytes()
+        parts.append(data)
+        total += len(data)
+        if total > size:
+            break
+    path = folder / "text.py"
+    path.write_bytes(b"\n\n".join(parts))
+    return path
