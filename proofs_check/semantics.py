@@ -16,8 +16,8 @@ plausible bug fails (see :mod:`proofs_check.mutants`):
   :func:`alflb.routing.route_topk`), so raising an expert's bias never lowers its load.
 - ``group-mask`` — group-limited routing is shift-invariant: adding a negative constant
   to every bias leaves the selection unchanged (masked groups must be ``-inf``, never 0).
-- ``counting`` — loads are counted in training mode only (none in ``eval()`` or under
-  ``no_grad``), summed over every micro-batch of an optimiser step, and the balancer's
+- ``counting`` — loads are counted in training mode only (none in ``eval()``, under
+  ``inference_mode``, or when activation checkpointing recomputes a forward), summed over every micro-batch of an optimiser step, and the balancer's
   update equals the pure rule applied to those global loads.
 
 Each returns a :class:`ClaimResult` of kind ``inequality``: ``worst`` is the largest
@@ -195,14 +195,23 @@ def check_counting(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
     balancer.init_biases(model)
     gen = torch.Generator().manual_seed(seed)
     idx = [torch.randint(0, 32, (2, 16), generator=gen) for _ in range(3)]
-    # evaluation and no_grad passes count nothing
+    # evaluation and inference passes count nothing
     model.eval()
     with torch.no_grad():
         model(idx[0])
     model.train()
-    with torch.no_grad():
+    with torch.inference_mode():
         model(idx[0])
     eval_counted = float(model.loads().abs().sum())
+    # a checkpointed forward counts once: its recomputation during backward is no forward
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+    with set_checkpoint_early_stop(False):
+        logits = checkpoint(lambda x: model(x).logits, idx[0], use_reentrant=False)
+        logits.float().sum().backward()
+    recount = float((model.loads().sum() - idx[0].numel() * cfg.top_k).abs())
+    for router in model.routers():
+        router.reset_load_count()
     # one optimiser step over three micro-batches
     balancer.begin_step(model)
     expected = torch.zeros(1, 8, dtype=torch.int64)
@@ -218,7 +227,8 @@ def check_counting(profile="fast", seed: int = 0, rules=None) -> ClaimResult:
     got = model.routers()[0].expert_bias.double().numpy()
     return _result("counting", "loads counted in training only, over all micro-batches; "
                    "update = rule(global loads)", 3,
-                   {"tokens_counted_in_eval_or_no_grad": eval_counted,
+                   {"tokens_counted_in_eval_or_inference": eval_counted,
+                    "recomputation_miscount": recount,
                     "global_load_miscount": miscount,
                     "update_differs_from_rule": float(np.abs(got - want).max())})  # fmt: skip
 

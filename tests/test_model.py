@@ -180,19 +180,26 @@ def test_group_masking_uses_minus_infinity_not_zero():
 # ------------------------------------------------------------------ load counting
 
 
-def test_loads_are_counted_only_in_training_with_autograd():
+def test_loads_are_counted_once_per_real_training_forward():
     model = DeepSeekMoE(get_preset("tiny"))
     x = torch.randint(0, 256, (2, 16))
     model.eval()
     model(x)
     assert int(model.loads().sum()) == 0
     model.train()
-    with torch.no_grad():  # e.g. the first pass of re-entrant activation checkpointing
-        model(x)
-    assert int(model.loads().sum()) == 0
     with torch.inference_mode():
         model(x)
     assert int(model.loads().sum()) == 0
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+    for reentrant in (False, True):  # the first pass of re-entrant checkpointing is no_grad
+        with set_checkpoint_early_stop(False):
+            d = torch.zeros(1, requires_grad=True)  # re-entrant needs an input with grad
+            logits = checkpoint(lambda t, d: model(t).logits + d, x, d, use_reentrant=reentrant)
+            logits.float().sum().backward()
+        assert int(model.loads().sum()) == 2 * 16 * 2 * 2, reentrant  # once, not twice
+        for r in model.routers():
+            r.reset_load_count()
     model(x)
     loads = model.loads()
     assert loads.shape == (2, 8) and loads.dtype == torch.int64

@@ -18,9 +18,7 @@ import torch
 __all__ = ["MaskCapture", "in_recomputation", "token_mask"]
 
 
-def in_recomputation() -> bool:
-    """True while the autograd engine executes a backward pass (where recomputation runs)."""
-    return torch._C._current_graph_task_id() != -1
+from ..model.transformer import in_recomputation  # one test for the model and the hooks
 
 
 def token_mask(attention_mask: Any, n_tokens: int) -> torch.Tensor | None:

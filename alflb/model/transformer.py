@@ -236,6 +236,12 @@ class RoutedExperts(nn.Module):
 # --------------------------------------------------------------------------- router
 
 
+def in_recomputation() -> bool:
+    """True while the autograd engine runs a backward pass, where checkpointed layers
+    recompute their forward (the test torch's own checkpointing uses)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 @dataclass(frozen=True)
 class RouterOutput:
     """One MoE layer's routing of ``T`` tokens (all fp32 except the indices).
@@ -285,13 +291,16 @@ class Router(nn.Module):
         return out
 
     def counting(self) -> bool:
-        """Whether this forward counts loads: training mode with autograd recording.
+        """Whether this forward counts loads: a real forward in training mode.
 
-        Evaluation and ``torch.no_grad`` passes (which is how re-entrant activation
-        checkpointing recomputes) count nothing. Non-re-entrant checkpointing recomputes
-        with autograd on and would count twice; the trainer uses no checkpointing.
+        Evaluation and ``torch.inference_mode`` passes count nothing, and neither does an
+        activation-checkpointing recomputation: both checkpointing variants recompute a
+        layer while the autograd engine runs the backward pass, so a forward inside a
+        backward is never counted (it would count a second time). Grad mode is no test:
+        re-entrant checkpointing runs the real forward under ``no_grad``.
         """
-        return self.training and torch.is_grad_enabled()
+        return (self.training and not torch.is_inference_mode_enabled()
+                and not in_recomputation())
 
     def reset_load_count(self) -> None:
         self.load_count.zero_()
