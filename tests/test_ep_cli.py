@@ -61,7 +61,7 @@ def test_trace_npz(tmp_path, capsys):
 
 
 def test_simulation_run_folder(tmp_path, capsys):
-    from alflb.simulator import PolicyRun
+    from alflb.simulator import PolicyRun, RunFolder
 
     # the layout simulate() writes: <folder>/arrays/run_<label>_seed<s>.npz with load_NE
     (tmp_path / "run" / "arrays").mkdir(parents=True)
@@ -71,7 +71,7 @@ def test_simulation_run_folder(tmp_path, capsys):
         run = PolicyRun(label=label, seed_index=0, load_NE=load_NE, bias_NE=np.zeros((4, 4)),
                         f_N=nan_N, imbalance_N=nan_N, switching_N=nan_N, objective_N=nan_N,
                         dropped_N=np.zeros(4), time_s=0.0, scores_sum=0.0)
-        run.save(tmp_path / "run" / "arrays" / f"run_{label}_seed000.npz")
+        RunFolder(tmp_path / "run").write_run(run)
     out = _json(capsys, "--loads", str(tmp_path / "run"), "--run", "none", "--ranks", "2",
                 "--placement", "contiguous")
     assert out["steps"] == 4

@@ -1,4 +1,4 @@
-"""The imbalance vocabulary of alflb.ep.metrics against hand computations and conversions."""
+"""The imbalance vocabulary of alflb.metrics against hand computations and conversions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from alflb.ep import (
+from alflb import metrics as ep_metrics
+from alflb.errors import InvalidInputError
+from alflb.metrics import (
     METRICS,
     balancedness,
     coefficient_of_variation,
@@ -30,8 +32,6 @@ from alflb.ep import (
     per_layer_mean,
     rank_load,
 )
-from alflb.ep import metrics as ep_metrics
-from alflb.errors import InvalidInputError
 
 # The worked example of docs/metrics.md: 4 experts, 12 token-slots, mean 3.
 A = np.array([6.0, 2.0, 2.0, 2.0])

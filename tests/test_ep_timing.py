@@ -31,12 +31,12 @@ from alflb.ep import (
     contiguous,
     ep_columns,
     greedy,
-    overload_factor,
     rank_load,
     step_time,
     time_lost,
 )
 from alflb.errors import InvalidInputError
+from alflb.metrics import overload_factor
 
 # EP size: (dispatch latency us, dispatch GB/s, combine latency us, combine GB/s)
 DEEPEP_LOW_LATENCY = {

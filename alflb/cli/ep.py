@@ -94,21 +94,22 @@ def _trace_loads(path: Path) -> tuple[np.ndarray, str]:
 
 
 def _run_folder(path: Path, label: str | None, seed_index: int) -> tuple[np.ndarray, str]:
-    from ..runio import load_npz
+    from ..simulator import RunFolder
 
-    files = sorted((path / "arrays").glob("run_*.npz"))
-    if not files:
+    folder = RunFolder(path)
+    labels = sorted({f.stem[4:].rsplit("_seed", 1)[0]
+                     for f in (path / "arrays").glob("run_*_seed*.npz")})
+    if not labels:
         raise InvalidInputError(f"--loads: {path} is a folder without arrays/run_*.npz")
     if label is None:
-        if len(files) > 1:
-            names = ", ".join(f.stem[4:].rsplit("_seed", 1)[0] for f in files)
-            raise InvalidInputError(f"--loads: {path} holds several runs; choose one with --run: {names}")
-        chosen = files[0]
-    else:
-        chosen = path / "arrays" / f"run_{label}_seed{seed_index:03d}.npz"
-        if not chosen.exists():
-            raise InvalidInputError(f"--loads: no run {label!r} with seed {seed_index} in {path}")
-    return load_npz(chosen, required=("load_NE",))["load_NE"][:, None, :], chosen.stem
+        if len(labels) > 1:
+            raise InvalidInputError(f"--loads: {path} holds several runs; choose one with --run: "
+                                    f"{', '.join(labels)}")
+        label = labels[0]
+    if not folder.has_run(label, seed_index):
+        raise InvalidInputError(f"--loads: no run {label!r} with seed {seed_index} in {path}")
+    run = folder.read_run(label, seed_index)
+    return run.load_NE[:, None, :], folder.run_path(label, seed_index).stem
 
 
 def read_loads(path: str, label: str | None = None, seed_index: int = 0) -> tuple[np.ndarray, str]:

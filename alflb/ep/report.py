@@ -25,7 +25,7 @@ import numpy as np
 from .._array import to_numpy
 from .._validate import choice
 from ..errors import InvalidInputError
-from .metrics import balancedness, overload_factor
+from ..metrics import balancedness, overload_factor
 from .placement import PLACEMENTS, Placement, make_placement, rank_load, redistribute
 from .timing import TimeModel, step_time
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ._array import to_numpy
-from ._validate import positive_int
-from .errors import InvalidInputError
+from .._array import to_numpy
+from .._validate import positive_int
+from ..errors import InvalidInputError
 
 __all__ = [
     "ImbalanceSummary",

@@ -42,61 +42,33 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics as _m
 from .._array import to_numpy
 from .._validate import finite_float
 from ..errors import InvalidInputError
+from .core import _loads, _ratio, _scalar, dropped_fraction, load_entropy, max_violation
 
 __all__ = [
     "METRICS",
     "balancedness",
-    "coefficient_of_variation",
-    "dead_experts",
     "dropped_rate",
     "effective_fraction",
     "gini",
     "global_load",
     "imbalance_ratio",
-    "max_violation",
     "maxvio_batch",
     "maxvio_computation_batch",
     "maxvio_global",
-    "min_over_mean",
     "overload_factor",
     "per_layer_mean",
 ]
 
 
-def _loads(load_E: Any) -> np.ndarray:
-    """Validated float64 loads with a non-empty last axis (the shape is kept)."""
-    a = to_numpy(load_E, dtype=np.float64)
-    if a.ndim == 0 or a.shape[-1] == 0:
-        raise InvalidInputError(f"loads must have a non-empty last axis, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise InvalidInputError("loads contain NaN or inf")
-    if np.any(a < 0):
-        raise InvalidInputError("loads must be non-negative token counts")
-    return a
 
 
-def _out(x: np.ndarray) -> np.ndarray | float:
-    return float(x) if np.ndim(x) == 0 else x
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
 
 
-def max_violation(load_E: Any) -> np.ndarray | float:
-    r"""MaxVio [W], :math:`(\max_k A_k - \bar A) / \bar A`, over the last axis.
-
-    The same number as TensorRT-LLM's imbalance ratio (:func:`imbalance_ratio`).
-
-    >>> max_violation([[2, 2, 2, 2], [8, 0, 0, 0]]).tolist()
-    [0.0, 3.0]
-    """
-    return _m.max_violation(_loads(load_E))
 
 
 def imbalance_ratio(load_E: Any) -> np.ndarray | float:
@@ -118,7 +90,7 @@ def overload_factor(load_R: Any) -> np.ndarray | float:
     2.0
     """
     a = _loads(load_R)
-    return _out(_ratio(a.max(axis=-1), a.mean(axis=-1), 1.0))
+    return _scalar(_ratio(a.max(axis=-1), a.mean(axis=-1), 1.0))
 
 
 def balancedness(load_R: Any) -> np.ndarray | float:
@@ -128,34 +100,13 @@ def balancedness(load_R: Any) -> np.ndarray | float:
     0.5
     """
     a = _loads(load_R)
-    return _out(_ratio(a.mean(axis=-1), a.max(axis=-1), 1.0))
+    return _scalar(_ratio(a.mean(axis=-1), a.max(axis=-1), 1.0))
 
 
-def min_over_mean(load_E: Any) -> np.ndarray | float:
-    r""":math:`\min_k A_k / \bar A`; 1 when balanced, 0 when some unit is idle.
-
-    >>> min_over_mean([0, 2, 4])
-    0.0
-    """
-    return _m.min_over_mean(_loads(load_E))
 
 
-def dead_experts(load_E: Any) -> np.ndarray | int:
-    """Number of units (experts or ranks) with zero load.
-
-    >>> dead_experts([[0, 1, 0], [1, 1, 1]]).tolist()
-    [2, 0]
-    """
-    return _m.dead_experts(_loads(load_E))
 
 
-def coefficient_of_variation(load_E: Any) -> np.ndarray | float:
-    r"""Population standard deviation over mean, :math:`\sigma(A) / \bar A`.
-
-    >>> coefficient_of_variation([1, 3])
-    0.5
-    """
-    return _m.coefficient_of_variation(_loads(load_E))
 
 
 def gini(load_E: Any) -> np.ndarray | float:
@@ -172,7 +123,7 @@ def gini(load_E: Any) -> np.ndarray | float:
     i = np.arange(1, e + 1, dtype=np.float64)
     total = a.sum(axis=-1)
     g = _ratio(2.0 * (a * i).sum(axis=-1), e * total, (e + 1) / e) - (e + 1) / e
-    return _out(np.maximum(g, 0.0))
+    return _scalar(np.maximum(g, 0.0))
 
 
 def effective_fraction(load_E: Any) -> np.ndarray | float:
@@ -186,9 +137,9 @@ def effective_fraction(load_E: Any) -> np.ndarray | float:
     0.5
     """
     a = _loads(load_E)
-    h = np.asarray(_m.load_entropy(a, normalized=False))
+    h = np.asarray(load_entropy(a, normalized=False))
     total = a.sum(axis=-1)
-    return _out(np.where(total > 0, np.exp(h) / a.shape[-1], 1.0))
+    return _scalar(np.where(total > 0, np.exp(h) / a.shape[-1], 1.0))
 
 
 def dropped_rate(load_E: Any, capacity_factor: float) -> np.ndarray | float:
@@ -205,7 +156,7 @@ def dropped_rate(load_E: Any, capacity_factor: float) -> np.ndarray | float:
     f = finite_float(capacity_factor, "capacity_factor", minimum=0.0, strict=True)
     a = _loads(load_E)
     cap = np.ceil(f * a.sum(axis=-1, keepdims=True) / a.shape[-1] - 1e-9)
-    return _m.dropped_fraction(a, np.broadcast_to(cap, a.shape))
+    return dropped_fraction(a, np.broadcast_to(cap, a.shape))
 
 
 def global_load(load_NE: Any, step_axis: int = -2) -> np.ndarray:
@@ -266,7 +217,7 @@ def per_layer_mean(values_LN: Any) -> np.ndarray | float:
     v = to_numpy(values_LN, dtype=np.float64)
     if v.ndim == 0:
         raise InvalidInputError("per_layer_mean needs a layer axis")
-    return _out(v.mean(axis=0))
+    return _scalar(v.mean(axis=0))
 
 
 # name -> (formula, names in other frameworks, balanced value, worst value over E units)
