@@ -55,3 +55,12 @@ class RunFolderExistsError(AlflbError, FileExistsError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative method stopped before reaching its tolerance."""
+
+
+class RoutingTieWarning(UserWarning):
+    """An optimal bias whose top-K routing cannot reproduce the optimal assignment: some
+    token's weakest routed and strongest unrouted biased scores are tied (margin zero), so
+    greedy routing with the bias may miss the capacities."""
+
+
+__all__ += ["RoutingTieWarning"]  # appended here so the classes above keep their order
