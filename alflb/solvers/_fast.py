@@ -50,7 +50,15 @@ from ._kernels_fast import (
     sweep_rows,
     transposed_buffer,
 )
-from ._ssp import SSP_DONE, SSP_GROW, SSP_INFEASIBLE, SSP_LIMIT, ssp_solve
+from ._ssp import (
+    SSP_DONE,
+    SSP_GROW,
+    SSP_INFEASIBLE,
+    SSP_LIMIT,
+    SSP_RELIST,
+    fixed_pair_lists,
+    ssp_solve,
+)
 
 __all__ = ["newton_refine", "quantile_sweeps", "repair_from_bias"]
 
@@ -107,7 +115,7 @@ def _excess(load_E: np.ndarray, cap_E: np.ndarray) -> int:
 
 def newton_refine(
     problem: AssignmentProblem, bias_E: np.ndarray, *, max_steps: int = 10, band: float = 8.0,
-    max_halvings: int = 6,
+    max_halvings: int = 4,
 ) -> tuple[np.ndarray, int, int]:
     r"""Newton steps on the loads ``A(p) = c`` from ``bias_E`` (equality capacities).
 
@@ -123,7 +131,8 @@ def newton_refine(
     ``band`` times the current excess: the band holds a few times the tokens the step must
     move. ``L`` is a graph Laplacian; ``L delta = c - A`` is solved on ``sum(delta) = 0``.
     A step that does not lower the excess ``sum_k |A_k - c_k| / 2`` is halved (at most
-    ``max_halvings`` times). Each step is one ``O(T E)`` pass (:func:`route_pairs`) plus
+    ``max_halvings`` times), and the steps stop after two in a row that each remove less
+    than a fifth of the excess (tied scores: the rest is the repair's work). Each step is one ``O(T E)`` pass (:func:`route_pairs`) plus
     ``O(E^3)``; the best bias seen is returned, so the result is never worse than the start.
 
     On continuous scores the excess falls from thousands of tokens to about ``E`` in 3-6
@@ -141,6 +150,7 @@ def newton_refine(
     best_ex, best_p = _excess(load_E, cap_E), p_E
     n_passes = 1
     centre = np.full((n_experts, n_experts), 1.0 / n_experts)
+    weak = 0
     for _ in range(max_steps):
         if best_ex <= n_experts:
             break
@@ -163,7 +173,9 @@ def newton_refine(
             n_passes += 1
             ex = _excess(load_E, cap_E)
             if ex < best_ex:
-                best_ex, best_p, improved = ex, q_E, True
+                weak = 0 if ex < 0.8 * best_ex else weak + 1
+                improved = weak < 2
+                best_ex, best_p = ex, q_E
                 break
             t *= 0.5
         if not improved:
@@ -188,6 +200,15 @@ def _at_most_start(scores_TE: np.ndarray, k: int, cap_E: np.ndarray, p_E: np.nda
         p_E = np.where(low, 0.0, p_E)
 
 
+def _sorted_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta):
+    """:func:`fixed_pair_lists` (none when ``theta`` is infinite: no fixed token)."""
+    if not np.isfinite(theta):
+        n_edges = x_TE.shape[1] ** 2
+        empty = np.zeros(n_edges + 1, np.int64), np.empty(0), np.empty(0, np.int64)
+        return (*empty, np.zeros(x_TE.shape[1], np.int64))
+    return fixed_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta)
+
+
 def repair_from_bias(
     problem: AssignmentProblem,
     bias_E: np.ndarray,
@@ -195,6 +216,7 @@ def repair_from_bias(
     mobile_fraction: float = 0.05,
     min_mobile: int = 4096,
     max_augmentations: int | None = None,
+    listed_factor: int = 4,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact optimum warm-started from the top-K routing under ``bias_E``.
 
@@ -222,9 +244,13 @@ def repair_from_bias(
     load_E = x_TE.sum(axis=0).astype(np.int64)
     limit = max_augmentations or max(1, problem.k * n_tokens)
     total_aug = 0
+    n_relist = 0
+    listed_rank = 0
     n_mobile = min(n_tokens, max(int(mobile_fraction * n_tokens), min_mobile, 1))
     while True:
         in_F = np.ones(n_tokens, dtype=bool)
+        theta = np.inf
+        relist = False
         if n_mobile >= n_tokens:
             mobile = np.arange(n_tokens, dtype=np.int64)
             floor = np.inf  # no fixed token
@@ -233,16 +259,24 @@ def repair_from_bias(
                 margin_T, scale = assignment_margin(scores, p_V[:n_experts], x_TE)
             order = np.argpartition(margin_T, n_mobile)
             mobile = order[:n_mobile].astype(np.int64)
-            m_F = float(margin_T[order[n_mobile]])  # the smallest fixed margin
-            # rounding of b = gamma + p, of the margin and of the bound p_k - p_j + m_F
-            tol = 16.0 * _EPS * (scale + float(np.max(np.abs(p_V))) + abs(m_F))
-            floor = m_F - tol
+            # Fixed tokens with a margin below theta (the margin at rank listed_factor * |M|,
+            # doubled on each SSP_RELIST, at most T/4) have their near-tight (routed,
+            # unrouted) pairs listed per edge, sorted; every other fixed pair has a reduced
+            # cost of at least theta.
+            listed_rank = max(listed_rank, listed_factor * n_mobile)
+            rank = min(n_tokens // 4, listed_rank)
+            relist = rank < n_tokens // 4
+            theta = float(np.partition(margin_T, rank)[rank])
+            # rounding of b = gamma + p, of the margin and of the bound p_k - p_j + theta
+            tol = 16.0 * _EPS * (scale + float(np.max(np.abs(p_V))) + abs(theta))
+            floor = theta - tol
         in_F[mobile] = False
         f_ptr, f_tok = fixed_csr(x_TE, in_F)
+        e_ptr, e_val, e_tok, n_fixed_E = _sorted_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta)
         capacity_M = min(n_tokens, n_mobile + max(n_mobile, 64))
         status, n_aug, _ = ssp_solve(
             scores, x_TE, p_V, load_E, cap_E, at_most, mobile, f_ptr,
-            f_tok, in_F, floor, capacity_M, limit - total_aug,
+            f_tok, in_F, floor, capacity_M, limit - total_aug, e_ptr, e_val, e_tok, n_fixed_E, relist,
         )
         total_aug += n_aug
         margin_T = None
@@ -250,6 +284,10 @@ def repair_from_bias(
             break
         if status == SSP_GROW:
             n_mobile = min(n_tokens, 4 * n_mobile)
+            continue
+        if status == SSP_RELIST:
+            listed_rank *= 2
+            n_relist += 1
             continue
         if status == SSP_INFEASIBLE:
             raise InfeasibleProblemError("no feasible assignment: an over-loaded expert cannot shed tokens")
