@@ -2,32 +2,42 @@ r"""The ``"fast"`` exact solver: a near-optimal dual, then exact repair on the e
 
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
 
-It exploits ``E << T``: the dual has only ``E`` coordinates, so a few cheap ``O(TE)`` sweeps
-of quantile balancing find a bias ``p0`` whose top-K routing is optimal for loads that are
-already close to ``c``. The remaining excess ``sum_k (A_k - c_k)^+`` is removed by successive
-shortest paths on the ``E``-node expert graph (:mod:`._ssp`), which keeps the routing
-optimal for its own loads at every step, so the end point is an exact optimum; the final
-potentials are an optimal dual. Nothing is approximate: the sweeps only decide where the
-exact phase starts (and which tokens it expects to move).
+It exploits ``E << T``: the dual ``g(p) = sum_i TopKSum(gamma_i + p) - c . p`` has only
+``E`` coordinates, so cheap ``O(TE)`` passes find a bias ``p0`` whose top-K routing is
+off capacity by only a few tokens; the remaining excess ``sum_k (A_k - c_k)^+`` is removed
+by successive shortest paths on the ``E``-node expert graph (:mod:`._ssp`), which keeps the
+routing optimal for its own loads at every step, so the end point is an exact optimum and
+the final potentials an optimal dual. Nothing is approximate: the dual phase only decides
+where the exact phase starts.
 
 1. Quantile balancing (Su 2026; Megatron-core), in the bias convention ``p = -beta``:
    ``alpha_i`` = midpoint of the K-th and (K+1)-th largest of ``gamma_i + p``;
    ``-p_k`` = midpoint of the ``c_k``-th and ``(c_k+1)``-th largest over tokens of
    ``gamma_ik - alpha_i``. Exact block-coordinate descent on the LP dual. (The midpoints
    deviate from Megatron, which takes the (K+1)-th / (c_k+1)-th value: the midpoint leaves
-   every token a margin and converged faster here.) Successive sweeps are averaged once
-   they start to oscillate.
-2. Tokens whose routing margin under ``p0`` is below a threshold (a fraction of ``T``)
-   form the mobile set; the rest are fixed until a shortest path needs one of them.
+   every token a margin and converged faster here.) Two sweeps.
+2. Newton steps on the loads (:func:`newton_refine`): block-coordinate descent stalls on
+   skewed scores (experts with popularity offsets left thousands of tokens of excess at
+   ``T = 65536``, growing linearly with ``T``, and the repair cost grew like ``T^2``). The
+   loads respond to ``p`` through the tokens at the top-K boundary, ``dA = L dp`` with
+   ``L`` the Laplacian of boundary-pair densities, estimated from one pass; a few damped
+   steps bring the excess to about ``E`` tokens on every continuous distribution tried
+   (Gaussian, skewed, collapsed sigmoid, heavy-tailed, drifting). On tied scores ``A(p)``
+   jumps by whole tie classes and the excess stays at thousands; the repair does the rest.
 3. Successive shortest paths to zero excess (at-most capacities: to any expert with room).
+   The edge weight ``W[j,l] = min`` over tokens on ``j`` and not on ``l`` of
+   ``gamma_ij - gamma_il`` is kept incrementally: the tokens of smallest margin are
+   *mobile* (per-expert member lists), the other (*fixed*) tokens' near-tight pairs
+   (reduced cost below ``theta``) are listed per edge, sorted by value, so the next
+   candidate after a move is a pointer advance; pairs above ``theta`` enter through the
+   lower bound ``theta + p0_l - p0_j`` and a shortest path that reaches it doubles
+   ``theta`` and rebuilds the lists (``SSP_RELIST``). Each augmentation costs a dense
+   ``O(E^2)`` Dijkstra plus ``O(path x (E + |M| K / E))`` for the moved tokens and their
+   stale edges, not ``O(TE)``.
 
-Two sweeps by default: a sweep costs about as much as the whole exact phase, and further
-sweeps save less in augmentations than they cost (16384 x 64 x 8 Gaussian: 1/2/4/6 sweeps
-leave 477/241/113/54 augmentations, total time 56/70/102/138 ms; skewed scores: 156/107/
-107/142 ms; 2^20 tokens: 4.1 s with 2 sweeps, 5.8 s with 4). The row and column
-selections, the routing with margins and the fixed-token lists are numba kernels
-(:mod:`._kernels_fast`); the working set of the exact phase starts with a lower bound in
-place of a scan of the fixed tokens (:mod:`._ssp`).
+Complexity: ``O(TE)`` per pass (two sweeps, 3-12 Newton passes, one routing pass, the
+list build), ``O(E^3)`` per Newton step, and ``O(n_aug (E^2 + |M| K / E))`` for the repair
+with ``n_aug ~ E`` on continuous scores (the size of the tie classes on tied ones).
 
 References
 ----------
