@@ -259,7 +259,7 @@ def solve_chunked(
             cert = _certify_chunked(scores, p_E, q_E, k, cap_E, idx_M, x_M, rows, rtol, client)
             n_passes += 1
             if cert is not None:
-                topk_TK, objective, dual_value, magnitude, load_E, n_bad, worst, tol = cert
+                topk_TK, objective, dual_value, magnitude, load_E, n_bad, worst, _tol = cert
                 gap = dual_value - objective
                 relative_gap = gap / magnitude if magnitude > 0 else gap
                 ok = bool(np.array_equal(load_E, cap_E) and n_bad == 0 and abs(relative_gap) <= rtol)
@@ -315,7 +315,7 @@ def _certify_block(block, lo, p_E, q_E, k, idx_M, x_M, tol_rel):
 
 
 def _certify_chunked(scores, p_E, q_E, k, cap_E, idx_M, x_M, rows, rtol, client):
-    n_tokens, n_experts = scores.shape
+    n_tokens = scores.shape[0]
     spans = list(_chunks(n_tokens, rows))
     if client is not None:
         futures = [
