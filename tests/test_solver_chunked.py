@@ -57,3 +57,22 @@ def test_chunked_validates():
         solve_chunked(np.zeros((16, 4)), 1, max_memory_bytes=10)
     with pytest.raises(ValueError, match="2-D"):
         solve_chunked(np.zeros(16), 1)
+
+
+def test_cli_max_memory_matches_in_memory(tmp_path, capsys):
+    import json
+
+    from alflb.cli import main
+    from alflb.cli.solve import parse_bytes
+
+    scores = _skewed(4000, 8, 2)
+    path = tmp_path / "s.npy"
+    np.save(path, scores)
+    assert parse_bytes("2GiB") == 2**31 and parse_bytes("512kib") == 2**19
+    with pytest.raises(ValueError, match="max-memory"):
+        parse_bytes("lots")
+    rc = main(["solve", "--scores", str(path), "--k", "2", "--max-memory", "16KiB", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["success"]
+    ref = solve(AssignmentProblem(scores, 2), "fast")
+    np.testing.assert_allclose(out["objective"], ref.objective, rtol=1e-12)
