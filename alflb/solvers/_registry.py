@@ -44,7 +44,7 @@ class _Method:
 _METHODS: dict[str, _Method] = {
     "fast": _Method(
         "._fast", "solve_fast", (("numba", "numba"),),
-        "quantile-balancing dual, then exact successive shortest paths on the expert graph",
+        "quantile sweeps and Newton steps on the dual, then exact successive shortest paths on the expert graph",
     ),
     "flow": _Method(
         "._flow", "solve_flow", (("ortools", "ortools"),),
@@ -151,6 +151,13 @@ def solve(
     SolveResult
         ``bias_E`` follows the project convention: the router adds it; an overloaded expert
         gets a lower ``p``; mean-centred for equality capacities, ``p <= 0`` for at-most.
+        ``bias_margin`` is its routing margin; ``bias="max_margin"`` warns with
+        :class:`alflb.errors.RoutingTieWarning` when it is zero (tied scores: top-K routing
+        with the bias need not reproduce the assignment or its loads).
+
+    Warns
+    -----
+    RoutingTieWarning
 
     Raises
     ------
