@@ -127,7 +127,7 @@ def _newton_chunked(scores, p_E, k, cap_E, rows, max_steps):
     for _ in range(max_steps):
         if best_ex <= n_experts:
             break
-        rank = min(sample.size - 1, max(int(8 * best_ex / step), 16 * n_experts // step + 1))
+        rank = min(sample.size // 16, max(int(8 * best_ex / step), 16 * n_experts // step + 1))
         h = float(np.partition(sample, rank)[rank])
         if not (np.isfinite(h) and h > 0):
             break
@@ -137,7 +137,7 @@ def _newton_chunked(scores, p_E, k, cap_E, rows, max_steps):
         lap_EE = np.diag(R_EE.sum(axis=1)) - R_EE
         step_E = np.linalg.lstsq(lap_EE + centre, (cap_E - load_E).astype(np.float64), rcond=None)[0]
         t, improved = 1.0, False
-        for _ in range(5):
+        for _ in range(9):
             q_E = best_p + t * step_E
             q_E -= q_E.mean()
             load_E, _, sample, step = _pass_pairs(scores, q_E, k, rows, 0.0)
