@@ -127,7 +127,7 @@ def _newton_chunked(scores, p_E, k, cap_E, rows, max_steps):
     for _ in range(max_steps):
         if best_ex <= n_experts:
             break
-        rank = min(sample.size // 16, max(int(8 * best_ex / step), 16 * n_experts // step + 1))
+        rank = min(sample.size // 4, max(int(8 * best_ex / step), 16 * n_experts // step + 1))
         h = float(np.partition(sample, rank)[rank])
         if not (np.isfinite(h) and h > 0):
             break

@@ -126,6 +126,7 @@ def _excess(load_E: np.ndarray, cap_E: np.ndarray) -> int:
 def newton_refine(
     problem: AssignmentProblem, bias_E: np.ndarray, *, max_steps: int = 10, band: float = 8.0,
     max_halvings: int = 8,
+    max_band: float = 1 / 4,
 ) -> tuple[np.ndarray, int, int]:
     r"""Newton steps on the loads ``A(p) = c`` from ``bias_E`` (equality capacities).
 
@@ -138,7 +139,7 @@ def newton_refine(
     where ``n_jl`` counts the tokens whose K-th expert is ``j``, whose (K+1)-th is ``l`` and
     whose margin is at most ``h`` (a token moves from ``j`` to ``l`` once ``p_l - p_j``
     grows by its margin, so ``n_jl / h`` estimates the rate). ``h`` is the margin at rank
-    ``band`` times the current excess (at most ``T / 16``): the band holds a few times the
+    ``band`` times the current excess (at most ``max_band * T``): the band holds a few times the
     tokens the step must move. ``L`` is a graph Laplacian; ``L delta = c - A`` is solved on ``sum(delta) = 0``.
     A step that does not lower the excess ``sum_k |A_k - c_k| / 2`` is halved (at most
     ``max_halvings`` times), and the steps stop after two in a row that each remove less
@@ -164,9 +165,9 @@ def newton_refine(
     for _ in range(max_steps):
         if best_ex <= n_experts:
             break
-        # at most a sixteenth of the tokens: a band over all margins says nothing about
+        # at most a quarter of the tokens: a band over all margins says nothing about
         # the density at the boundary (the step then overshoots by orders of magnitude)
-        rank = min(n_tokens // 16, max(int(band * best_ex), 16 * n_experts))
+        rank = min(int(n_tokens * max_band), max(int(band * best_ex), 16 * n_experts))
         h = float(np.partition(margin_T, rank)[rank])
         if not (np.isfinite(h) and h > 0):
             break
