@@ -314,12 +314,20 @@ def _certify_block(block, lo, p_E, q_E, k, idx_M, x_M, tol_rel):
     return top.astype(np.int32), objective, topk, magnitude, x.sum(axis=0), viol, float(np.abs(block).max())
 
 
+def _certify_task(source, lo, hi, p_E, q_E, k, idx_M, x_M, rtol):
+    scores = np.load(source, mmap_mode="r", allow_pickle=False) if isinstance(source, (str, os.PathLike)) else source
+    return _certify_block(_load(scores, lo, hi), lo, p_E, q_E, k, idx_M, x_M, rtol)
+
+
 def _certify_chunked(scores, p_E, q_E, k, cap_E, idx_M, x_M, rows, rtol, client):
     n_tokens = scores.shape[0]
     spans = list(_chunks(n_tokens, rows))
     if client is not None:
+        # a task gets the file's path, not the array: each worker memory-maps it and reads
+        # its own rows (an in-memory array is shipped as is)
+        source = scores.filename if isinstance(scores, np.memmap) and scores.filename else scores
         futures = [
-            client.submit(lambda lo, hi: _certify_block(_load(scores, lo, hi), lo, p_E, q_E, k, idx_M, x_M, rtol), lo, hi)
+            client.submit(_certify_task, source, lo, hi, p_E, q_E, k, idx_M, x_M, rtol, pure=False)
             for lo, hi in spans
         ]
         parts = client.gather(futures)
