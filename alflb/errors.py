@@ -14,9 +14,11 @@ __all__ = [
     "CorruptFileError",
     "InfeasibleProblemError",
     "InvalidInputError",
+    "RoutingTieWarning",
     "RunFolderExistsError",
     "SolverError",
     "SolverUnavailableError",
+    "SweepFailedError",
     "UnknownNameError",
 ]
 
@@ -59,3 +61,10 @@ class ConvergenceWarning(UserWarning):
 
 class SweepFailedError(AlflbError, RuntimeError):
     """Some runs of a sweep failed (raised on request by ``SweepResult.raise_on_failure``)."""
+
+
+class RoutingTieWarning(UserWarning):
+    """An optimal bias whose top-K routing cannot reproduce the optimal assignment: some
+    token's weakest routed and strongest unrouted biased scores are tied (margin zero), so
+    greedy routing with the bias may miss the capacities."""
+

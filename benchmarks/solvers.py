@@ -1,21 +1,32 @@
-"""Exact solvers: wall time, peak memory and objective agreement against the peers.
+"""Exact solvers on the inputs users meet: wall time, peak memory, agreement with the peers.
 
-Each (size, method) runs in a fresh subprocess, so the peak resident memory
-(``getrusage(RUSAGE_SELF).ru_maxrss``; tracemalloc misses native allocations) belongs to
-that solve alone. The worker first solves a tiny instance (imports, numba cache load),
-then times ``--repeat`` solves of the same instance and keeps the fastest. The peak
-includes the score matrix itself (``T*E*8`` bytes, twice: the generator's array and the
-problem's read-only copy); ``base`` is the peak before the first timed solve.
+The distribution matrix (all ``T x E`` with ``K`` experts per token, per-expert offsets
+drawn once per instance):
 
-Ratios are measured in the same run: ``x cvxpy`` = cvxpy+Clarabel time / this time,
-``x flow`` = OR-tools min-cost flow time / this time. ``rel diff`` is
-``|objective - reference| / |reference|`` against cvxpy (else flow, else highs).
+- ``gaussian``: i.i.d. standard normal logits;
+- ``skewed``: logits plus per-expert offsets of 0.5 sigma (popular experts);
+- ``collapsed``: sigmoid of logits plus offsets of 2 sigma (saturated router);
+- ``heavy``: Student t(2) logits plus 0.5 sigma offsets (heavy tails);
+- ``ties``: skewed logits rounded to 0.1 (massive exact ties);
+- ``drift``: a pooled stream whose offsets drift linearly from one draw to another.
+
+Each (distribution, size, method) runs in a fresh subprocess, so the peak resident memory
+(``getrusage(RUSAGE_SELF).ru_maxrss``; it includes the score matrix, twice: the generator's
+array and the problem's read-only copy) belongs to that solve alone. The worker first
+solves a tiny instance (imports, numba cache load), then times ``--repeat`` solves and
+keeps the fastest. Ratios are measured in the same run: ``x flow`` = OR-tools min-cost flow
+time / this time, ``x cvxpy`` = cvxpy+Clarabel time / this time (small sizes only).
+``rel diff`` = ``|objective - reference| / |reference|`` against flow (else cvxpy, highs).
+
+Compile time is reported on its own line: a fresh process with an empty numba cache
+(``NUMBA_CACHE_DIR`` a new folder) solves a tiny instance (cold: every kernel compiles),
+then a second fresh process with that cache does the same (warm: kernels load from it).
 
 Usage::
 
-    python benchmarks/solvers.py                     # 4096 and 16384 (all methods), pooled 2^20 (fast)
-    python benchmarks/solvers.py --quick             # smoke run: small sizes, one repeat
-    python benchmarks/solvers.py --sizes 16384 --repeat 5 --skip-cvxpy
+    python benchmarks/solvers.py --quick                   # small sizes, one repeat
+    python benchmarks/solvers.py --sizes 262144 --distributions gaussian,skewed --skip-cvxpy
+    python benchmarks/solvers.py --sizes 262144 --pooled 1048576 --repeat 1
 """
 
 from __future__ import annotations
@@ -26,9 +37,43 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
-METHODS = ("cvxpy", "highs", "flow", "fast")
+DISTRIBUTIONS = ("gaussian", "skewed", "collapsed", "heavy", "ties", "drift")
+
+
+def make_scores(distribution: str, n_tokens: int, n_experts: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n_tokens, n_experts))
+    off = rng.standard_normal(n_experts)
+    if distribution == "gaussian":
+        return z
+    if distribution == "skewed":
+        return z + 0.5 * off
+    if distribution == "collapsed":
+        return 1.0 / (1.0 + np.exp(-(z + 2.0 * off)))
+    if distribution == "heavy":
+        return rng.standard_t(2.0, (n_tokens, n_experts)) + 0.5 * off
+    if distribution == "ties":
+        return np.round(z + 0.5 * off, 1)
+    if distribution == "drift":
+        s = np.linspace(0.0, 1.0, n_tokens)[:, None]
+        return z + 0.5 * ((1.0 - s) * off + s * rng.standard_normal(n_experts))
+    raise SystemExit(f"unknown distribution {distribution!r}; choose from {', '.join(DISTRIBUTIONS)}")
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return f"{model}, {os.cpu_count()} logical CPUs, load average {load[0]:.1f} at start"
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -36,10 +81,14 @@ def _worker(args: argparse.Namespace) -> None:
 
     from alflb import AssignmentProblem
     from alflb.solvers import solve
-    from alflb.solvers._instances import random_scores
 
-    solve(AssignmentProblem(random_scores(64, args.experts, rng=1), args.k), args.method)  # warm-up
-    prob = AssignmentProblem(random_scores(args.tokens, args.experts, args.distribution, rng=args.seed), args.k)
+    t0 = time.perf_counter()
+    solve(AssignmentProblem(make_scores("gaussian", 64, args.experts, 1), args.k), args.method)
+    first = time.perf_counter() - t0
+    if args.tokens == 0:  # compile-time probe
+        print(json.dumps({"first_call_s": first}))
+        return
+    prob = AssignmentProblem(make_scores(args.distribution, args.tokens, args.experts, args.seed), args.k)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(args.repeat):
@@ -50,74 +99,94 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps({
         "time_s": min(times), "times": times, "objective": res.objective, "ok": res.certificate.ok,
         "peak_gib": peak / 2**20, "base_gib": base / 2**20, "n_iter": res.n_iter,
-        "bytes_scores": int(np.asarray(prob.scores_TE).nbytes),
+        "bytes_scores": int(np.asarray(prob.scores_TE).nbytes), "message": res.message,
     }))
 
 
-def _run(method: str, tokens: int, args: argparse.Namespace) -> dict:
+def _run(method: str, tokens: int, distribution: str, args: argparse.Namespace, env=None) -> dict:
     cmd = [
         sys.executable, __file__, "--worker", "--method", method, "--tokens", str(tokens),
         "--experts", str(args.experts), "--k", str(args.k), "--seed", str(args.seed),
-        "--repeat", str(args.repeat), "--distribution", args.distribution,
+        "--repeat", str(args.repeat), "--distributions", distribution,
     ]
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    env = dict(env or os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.timeout} s"}
+        return {"error": f"timeout after {args.timeout:.0f} s"}
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def compile_times(args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        cold = _run("fast", 0, "gaussian", args, env)
+        warm = _run("fast", 0, "gaussian", args, env)
+    if "error" in cold or "error" in warm:
+        return f"compile probe failed: {cold.get('error') or warm.get('error')}"
+    return (f"numba: first fast solve in a fresh process {cold['first_call_s']:.2f} s with a cold cache "
+            f"(compilation), {warm['first_call_s']:.2f} s with a warm cache (imports + cache load)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default=None, help="comma-separated token counts (default 4096,16384)")
-    ap.add_argument("--pooled", type=int, default=1_048_576, help="pooled size for the fast method only (0: skip)")
+    ap.add_argument("--sizes", default=None, help="comma-separated token counts for every method (default 16384)")
+    ap.add_argument("--pooled", type=int, default=0, help="a larger pooled size, fast and flow (0: none)")
+    ap.add_argument("--distributions", default=",".join(DISTRIBUTIONS), help="comma-separated")
+    ap.add_argument("--methods", default="fast,flow", help="comma-separated, from fast, flow, highs")
+    ap.add_argument("--cvxpy-size", type=int, default=4096, help="also time cvxpy at this size (0: never)")
     ap.add_argument("--experts", type=int, default=64)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--distribution", default="gaussian")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="NUMBA/OMP threads of each worker (default 2)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per solver subprocess")
-    ap.add_argument("--skip-cvxpy", action="store_true", help="leave out cvxpy+Clarabel (slow, memory-hungry)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: sizes 1024,4096, pooled 65536, one repeat")
+    ap.add_argument("--skip-cvxpy", action="store_true", help="leave out cvxpy+Clarabel")
+    ap.add_argument("--quick", action="store_true", help="smoke run: sizes 1024,4096, one repeat, no pooled size")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="fast", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, default=4096, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
+        args.distribution = args.distributions
         _worker(args)
         return 0
     if args.quick:
         args.sizes = args.sizes or "1024,4096"
-        args.pooled = min(args.pooled, 65_536)
+        args.pooled = 0
         args.repeat = 1
-    sizes = [int(s) for s in (args.sizes or "4096,16384").split(",")]
-    methods = [m for m in METHODS if not (args.skip_cvxpy and m == "cvxpy")]
-    plan = [(t, m) for t in sizes for m in methods]
+    sizes = [int(s) for s in (args.sizes or "16384").split(",")]
     if args.pooled:
-        plan.append((args.pooled, "fast"))
-    print(f"E={args.experts} K={args.k} {args.distribution} scores, seed {args.seed}, "
-          f"best of {args.repeat}, {args.threads} threads per worker, cpu count {os.cpu_count()}")
-    header = f"{'T':>8} {'method':>6} {'time s':>9} {'peak GiB':>9} {'base GiB':>9} {'x cvxpy':>9} {'x flow':>8} {'rel diff':>9}  ok"
+        sizes.append(args.pooled)
+    methods = args.methods.split(",")
+    print(f"machine: {machine()}; {args.threads} threads per worker")
+    print(f"E={args.experts} K={args.k}, seed {args.seed}, best of {args.repeat}")
+    print(compile_times(args), flush=True)
+    header = (f"{'distribution':>12} {'T':>8} {'method':>6} {'time s':>9} {'peak GiB':>9} {'x flow':>8} "
+              f"{'x cvxpy':>8} {'rel diff':>9}  ok  iterations")
     print(header)
     print("-" * len(header))
-    rows: dict[tuple[int, str], dict] = {}
-    for tokens, method in plan:
-        r = _run(method, tokens, args)
-        rows[tokens, method] = r
-        if "error" in r:
-            print(f"{tokens:>8} {method:>6}  {r['error']}", flush=True)
-            continue
-        ref = next((rows[tokens, m] for m in ("cvxpy", "flow", "highs") if "time_s" in rows.get((tokens, m), {})), None)
-        cv, fl = rows.get((tokens, "cvxpy"), {}), rows.get((tokens, "flow"), {})
-        x_cv = f"{cv['time_s'] / r['time_s']:9.1f}" if "time_s" in cv else f"{'-':>9}"
-        x_fl = f"{fl['time_s'] / r['time_s']:8.1f}" if "time_s" in fl else f"{'-':>8}"
-        diff = f"{abs(r['objective'] - ref['objective']) / abs(ref['objective']):9.1e}" if ref else f"{'-':>9}"
-        print(f"{tokens:>8} {method:>6} {r['time_s']:9.4f} {r['peak_gib']:9.3f} {r['base_gib']:9.3f} "
-              f"{x_cv} {x_fl} {diff}  {r['ok']}", flush=True)
+    for dist in args.distributions.split(","):
+        for tokens in sizes:
+            plan = list(methods)
+            if not args.skip_cvxpy and tokens <= args.cvxpy_size:
+                plan.append("cvxpy")
+            rows = {m: _run(m, tokens, dist, args) for m in plan}
+            ref = next((rows[m] for m in ("flow", "cvxpy", "highs") if "time_s" in rows.get(m, {})), None)
+            for m in plan:
+                r = rows[m]
+                if "error" in r:
+                    print(f"{dist:>12} {tokens:>8} {m:>6}  {r['error']}", flush=True)
+                    continue
+                fl, cv = rows.get("flow", {}), rows.get("cvxpy", {})
+                x_fl = f"{fl['time_s'] / r['time_s']:8.1f}" if "time_s" in fl else f"{'-':>8}"
+                x_cv = f"{cv['time_s'] / r['time_s']:8.1f}" if "time_s" in cv else f"{'-':>8}"
+                diff = (f"{abs(r['objective'] - ref['objective']) / abs(ref['objective']):9.1e}"
+                        if ref else f"{'-':>9}")
+                print(f"{dist:>12} {tokens:>8} {m:>6} {r['time_s']:9.3f} {r['peak_gib']:9.3f} {x_fl} {x_cv} "
+                      f"{diff}  {str(r['ok'])[0]}  {r['n_iter']}", flush=True)
     return 0
 
 

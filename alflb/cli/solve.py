@@ -5,6 +5,7 @@ Examples::
     alflb solve                                   # T=4096, E=64, K=8 Gaussian logits, fast
     alflb solve --method flow --tokens 16384 --json
     alflb solve --scores batch.npy --k 6 --capacity-factor 1.25
+    alflb solve --scores pooled.npy --max-memory 2GiB   # memory-mapped, chunk by chunk
 """
 
 from __future__ import annotations
@@ -18,7 +19,23 @@ import numpy as np
 
 from ..errors import CorruptFileError, InvalidInputError
 
-__all__ = ["add_parser", "load_scores", "run"]
+__all__ = ["add_parser", "load_scores", "parse_bytes", "run"]
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GiB"``, ``"512MiB"``, ``"1e9"`` -> bytes."""
+    t = str(text).strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num):]
+    try:
+        value = float(num) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise InvalidInputError(f"--max-memory: cannot read {text!r} (e.g. 2GiB, 512MiB, 1e9)") from None
+    if not (math.isfinite(value) and value >= 1):
+        raise InvalidInputError(f"--max-memory must be a positive size, got {text!r}")
+    return int(value)
 
 
 def add_parser(subparsers) -> None:
@@ -42,6 +59,11 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--capacity-factor", type=float, default=None,
         help="at-most capacities ceil(F*K*T/E) instead of equal ones (floor/ceil if K*T/E is fractional)",
+    )
+    p.add_argument(
+        "--max-memory", default=None,
+        help="with --scores: memory-map the file and solve it chunk by chunk within this budget "
+        "of chunk buffers (e.g. 2GiB); equality capacities",
     )
     p.add_argument("--bias", default="dual", choices=["dual", "max_margin"], help="which optimal bias to report")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -72,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from ..solvers import solve
     from ..solvers._instances import random_scores
 
+    if args.max_memory is not None:
+        return _run_chunked(args)
     if args.scores:
         scores = load_scores(args.scores)
         source = args.scores
@@ -109,5 +133,42 @@ def run(args: argparse.Namespace) -> int:
             print(f"gap        {res.gap:.3e} (relative {res.certificate.relative_gap:.2e})")
             print(f"time       {res.time_s:.4f} s")
             print(f"bias ({res.bias_kind}, min {res.bias_E.min():.4g}, max {res.bias_E.max():.4g}) {res.bias_E}")
+    sys.stdout.flush()
+    return 0 if res.success else 1
+
+
+def _run_chunked(args: argparse.Namespace) -> int:
+    from ..problem import balanced_capacity, rounded_capacity
+    from ..solvers import solve_chunked
+
+    if not args.scores:
+        raise InvalidInputError("--max-memory needs --scores (a .npy file to memory-map)")
+    if args.capacity_factor is not None or args.method != "fast" or args.bias != "dual":
+        raise InvalidInputError("--max-memory supports the fast method, equality capacities and --bias dual only")
+    budget = parse_bytes(args.max_memory)
+    try:
+        shape = np.load(args.scores, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"--scores: cannot memory-map {args.scores}: {exc}") from None
+    if len(shape) != 2:
+        raise InvalidInputError(f"--scores: {args.scores} must be 2-D (T, E), got shape {shape}")
+    t, e = shape
+    cap = balanced_capacity(t, e, args.k) if (args.k * t) % e == 0 else rounded_capacity(t, e, args.k)
+    res = solve_chunked(args.scores, args.k, cap, max_memory_bytes=budget)
+    if args.json:
+        print(json.dumps({
+            "tokens": t, "experts": e, "k": args.k, "scores": args.scores, "method": "fast (chunked)",
+            "capacity_kind": "equal", "objective": res.objective, "gap": res.gap,
+            "relative_gap": res.relative_gap, "success": res.success, "message": res.message,
+            "n_held": res.n_held, "n_passes": res.n_passes, "bias_E": res.bias_E.tolist(),
+        }))
+    else:
+        with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=16, edgeitems=4):
+            print(f"problem    T={t} E={e} K={args.k} equal capacities, scores {args.scores} (memory-mapped)")
+            print(f"method     fast, chunked within {budget} bytes ({res.n_passes} passes, {res.n_held} held tokens)")
+            print(f"status     {'certified optimal' if res.success else 'NOT certified'}")
+            print(f"objective  {res.objective:.12g}")
+            print(f"gap        {res.gap:.3e} (relative {res.relative_gap:.2e})")
+            print(f"bias (dual) {res.bias_E}")
     sys.stdout.flush()
     return 0 if res.success else 1

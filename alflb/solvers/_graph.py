@@ -142,8 +142,10 @@ def bellman_ford(W_VV, tol):
 
 
 def edge_tolerance(scores_TE: np.ndarray, n_nodes: int) -> float:
-    """Relaxation tolerance of :func:`bellman_ford`: rounding of a path of ``V`` differences."""
-    scale = max(1.0, float(np.max(np.abs(scores_TE))))
+    """Relaxation tolerance of :func:`bellman_ford`: rounding of a path of ``V`` differences,
+    relative to ``max|gamma|`` (no floor at 1: with tiny scores a floor would hide real
+    negative cycles)."""
+    scale = float(np.max(np.abs(scores_TE)))
     return 8.0 * _EPS * scale * n_nodes
 
 

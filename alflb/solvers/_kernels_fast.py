@@ -31,6 +31,9 @@ transposed buffer the column selection needs:
   an equal one) plus the margin ``b_(K) - b_(K+1)``, in one parallel pass.
 - :func:`assignment_margin`: the margin of a given assignment,
   ``min_{x_ij=1} b_ij - max_{x_ik=0} b_ik`` (negative when ``x`` is not a top-K set).
+- :func:`route_pairs`: the loads of top-K routing under ``gamma + p`` and, per token, its
+  K-th and (K+1)-th experts and the margin between them (no ``(T, E)`` output): the pass
+  behind the Newton steps on the dual (:func:`alflb.solvers._fast.newton_refine`).
 - :func:`fixed_csr`: the tokens of a subset grouped by routed expert (a CSR), built in
   two parallel passes over row chunks without the ``(T, E)`` boolean temporary and the
   two ``(T K,)`` index arrays of ``np.nonzero``.
@@ -50,6 +53,7 @@ __all__ = [
     "column_midpoints",
     "fixed_csr",
     "route_margin",
+    "route_pairs",
     "sweep_rows",
     "transposed_buffer",
 ]
@@ -334,6 +338,44 @@ def route_margin(scores_TE: np.ndarray, bias_E: np.ndarray, k: int):
     maxabs_C = np.zeros(_n_chunks(n_tokens))
     _pick(_ROUTE_MARGIN, n_tokens)(scores_TE, bias_E, k, x_TE, margin_T, maxabs_C)
     return x_TE, margin_T, float(maxabs_C.max())
+
+
+def _route_pairs_impl(scores_TE, bias_E, k, pair_T, margin_T, load_CE):
+    n_tokens, n_experts = scores_TE.shape
+    for c in prange(load_CE.shape[0]):
+        lo = c * _CHUNK_ROWS
+        hi = min(lo + _CHUNK_ROWS, n_tokens)
+        row = np.empty(n_experts)
+        group = np.empty(k + 1)
+        cand = np.empty(n_experts, np.int64)
+        vals = np.empty(k + 1)
+        idx = np.empty(k + 1, np.int64)
+        for i in range(lo, hi):
+            for e in range(n_experts):
+                row[e] = scores_TE[i, e] + bias_E[e]
+            _top_pair_row(row, k, group, cand, vals, idx)
+            for j in range(k):
+                load_CE[c, idx[j]] += 1
+            pair_T[i] = idx[k - 1] * n_experts + idx[k]
+            margin_T[i] = vals[k - 1] - vals[k]
+
+
+_ROUTE_PAIRS = _serial_and_parallel(_route_pairs_impl)
+
+
+def route_pairs(scores_TE: np.ndarray, bias_E: np.ndarray, k: int):
+    r"""Loads of top-K routing under ``gamma + p`` and each token's boundary pair.
+
+    Returns ``(load_E, pair_T, margin_T)``: ``load_E`` int64 ``(E,)`` (ties to the lowest
+    index, as :func:`route_margin`); ``pair_T = j * E + l`` (int64) with ``j`` the token's
+    K-th and ``l`` its (K+1)-th expert; ``margin_T = b_(K) - b_(K+1)`` (float64).
+    """
+    n_tokens, n_experts = scores_TE.shape
+    pair_T = np.empty(n_tokens, np.int64)
+    margin_T = np.empty(n_tokens)
+    load_CE = np.zeros((_n_chunks(n_tokens), n_experts), np.int64)
+    _pick(_ROUTE_PAIRS, n_tokens)(scores_TE, bias_E, k, pair_T, margin_T, load_CE)
+    return load_CE.sum(axis=0), pair_T, margin_T
 
 
 def _assignment_margin_impl(scores_TE, bias_E, x_TE, margin_T, maxabs_C):

@@ -12,13 +12,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, SolverError, SolverUnavailableError, UnknownNameError
+from ..errors import (
+    InvalidInputError,
+    RoutingTieWarning,
+    SolverError,
+    SolverUnavailableError,
+    UnknownNameError,
+)
 from ..problem import AssignmentProblem
 from ._bias import bias_from_assignment
 from ._result import SolveResult, certify
@@ -37,7 +44,7 @@ class _Method:
 _METHODS: dict[str, _Method] = {
     "fast": _Method(
         "._fast", "solve_fast", (("numba", "numba"),),
-        "quantile-balancing dual, then exact successive shortest paths on the expert graph",
+        "quantile sweeps and Newton steps on the dual, then exact successive shortest paths on the expert graph",
     ),
     "flow": _Method(
         "._flow", "solve_flow", (("ortools", "ortools"),),
@@ -48,6 +55,40 @@ _METHODS: dict[str, _Method] = {
         "._lp", "solve_cvxpy", (("cvxpy", "cvxpy"),), "box LP in cvxpy (Clarabel by default): the reference"
     ),
 }
+
+
+# Methods whose backends use absolute tolerances (interior-point / simplex feasibility and
+# optimality tolerances near 1e-7 to 1e-9): they solve a copy of the problem scaled by a
+# power of two (exact in floating point), so scores of size 1e-12 or 1e12 meet the same
+# tolerances as scores of size 1.
+_ABSOLUTE_TOLERANCE_METHODS = frozenset({"highs", "cvxpy"})
+_SCALE_FREE_EXPONENT = 4  # no rescaling while 2^-4 <= max|gamma| < 2^4
+
+
+def _power_of_two_exponent(problem: AssignmentProblem) -> int:
+    """``e`` with ``max|gamma| * 2^-e`` in ``[0.5, 1)`` (0 for all-zero scores)."""
+    biggest = float(np.max(np.abs(problem.scores_TE)))
+    return int(np.frexp(biggest)[1]) if biggest > 0 else 0
+
+
+def _rescaled(problem: AssignmentProblem, exponent: int) -> AssignmentProblem:
+    """The same problem with scores times ``2^-exponent``: same optimal ``x``, bias times the
+    same factor. Exact: a power-of-two scale changes no mantissa (the scores stay normal
+    numbers: ``|gamma| <= 1e30`` and the smallest ones only reach subnormals below 2^-1000)."""
+    return AssignmentProblem(
+        np.ldexp(problem.scores_TE, -exponent), problem.k, problem.capacity_E,
+        capacity_kind=problem.capacity_kind,
+    )
+
+
+def _rescale_hint(problem: AssignmentProblem) -> str:
+    biggest = float(np.max(np.abs(problem.scores_TE)))
+    if 0 < biggest < 1e-6 or biggest > 1e6:
+        return (
+            f"; the scores are of size {biggest:.1e}: rescale them to order 1 (the optimal "
+            "assignment is invariant to a positive scale, the bias scales with it)"
+        )
+    return ""
 
 
 def available_methods() -> dict[str, str]:
@@ -110,6 +151,13 @@ def solve(
     SolveResult
         ``bias_E`` follows the project convention: the router adds it; an overloaded expert
         gets a lower ``p``; mean-centred for equality capacities, ``p <= 0`` for at-most.
+        ``bias_margin`` is its routing margin; ``bias="max_margin"`` warns with
+        :class:`alflb.errors.RoutingTieWarning` when it is zero (tied scores: top-K routing
+        with the bias need not reproduce the assignment or its loads).
+
+    Warns
+    -----
+    RoutingTieWarning
 
     Raises
     ------
@@ -134,8 +182,15 @@ def solve(
         raise InvalidInputError(f"bias must be 'dual' or 'max_margin', got {bias!r}")
     backend = _backend(method)
     t0 = time.perf_counter()
+    exponent = _power_of_two_exponent(problem) if method in _ABSOLUTE_TOLERANCE_METHODS else 0
+    scaled = abs(exponent) > _SCALE_FREE_EXPONENT
     try:
-        x_TE, bias_E, n_iter, message = backend(problem, **options)
+        if scaled:
+            x_TE, bias_E, n_iter, message = backend(_rescaled(problem, exponent), **options)
+            bias_E = np.ldexp(np.asarray(bias_E, dtype=np.float64), exponent)
+            message = f"{message} (solved with the scores scaled by 2^{-exponent})"
+        else:
+            x_TE, bias_E, n_iter, message = backend(problem, **options)
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise InvalidInputError(f"method {method!r}: {exc}") from exc
@@ -157,10 +212,30 @@ def solve(
             cert = certify(problem, x_TE, bias_E, rtol=rtol)
     elapsed = time.perf_counter() - t0
     if not cert.ok and strict:
-        raise SolverError(f"method {method!r} returned an assignment that fails its certificate: {cert.summary()}")
+        raise SolverError(
+            f"method {method!r} returned an assignment that fails its certificate: {cert.summary()}"
+            f"{_rescale_hint(problem)}"
+        )
     bias_E = np.asarray(bias_E, dtype=np.float64)
     bias_E.setflags(write=False)
     x_TE.setflags(write=False)
+    margin = -cert.slackness_violation
+    if bias == "max_margin":
+        if margin > cert.tolerance:
+            message = f"{message}; routing margin {margin:.3e}: top-K routing with the bias reproduces x"
+        else:
+            message = (
+                f"{message}; routing margin {margin:.3e} (zero: tied tokens), so top-K routing with "
+                "the bias need NOT reproduce x or its loads"
+            )
+            warnings.warn(
+                f"max-margin bias has routing margin {margin:.3e} (zero up to the tolerance "
+                f"{cert.tolerance:.1e}): the optimal assignment has exactly tied tokens, and "
+                "greedy top-K routing with this bias can miss the capacities; use "
+                "result.assignment_TE for the loads",
+                RoutingTieWarning,
+                stacklevel=2,
+            )
     return SolveResult(
         assignment_TE=x_TE,
         objective=cert.objective,
@@ -176,4 +251,5 @@ def solve(
         certificate=cert,
         problem_shape=problem.shape,
         options={"bias": bias, "rtol": rtol, **options},
+        bias_margin=float(margin),
     )

@@ -55,7 +55,8 @@ class Certificate:
     objective, dual_value : float
         ``gamma . x`` and ``g(p)``.
     gap, relative_gap : float
-        ``g(p) - gamma . x`` and the same over ``scale`` (the sum of the magnitudes entering it).
+        ``g(p) - gamma . x`` and the same over ``scale``, the sum of the magnitudes entering
+        it (``sum_i K max_k |gamma_ik + p_k| + sum_k c_k |p_k|``; no floor, see ``tolerance``).
     slackness_violation : float
         Worst ``max_unrouted(gamma_i + p) - min_routed(gamma_i + p)`` over tokens (<= 0 is good).
     n_violating_tokens : int
@@ -63,7 +64,10 @@ class Certificate:
     dual_feasibility_violation : float
         At-most capacities: ``max(max_k p_k, max_{A_k < c_k} |p_k|)``; 0 for equality.
     tolerance : float
-        Absolute tolerance of the slackness test, ``rtol * max(1, max|gamma| + max|p|)``.
+        Absolute tolerance of the slackness test, ``rtol * (max|gamma| + max|p|)``: relative
+        to the scale of the scores, with no floor, so the test means the same for scores of
+        size ``1e-12`` and ``1e12`` (a floor at 1 would certify any feasible ``x`` on tiny
+        scores). It is 0 only for all-zero scores and bias, where every ``x`` is optimal.
     rtol : float
     """
 
@@ -122,6 +126,14 @@ class SolveResult:
     problem_shape : tuple (T, E, K)
     options : dict
         The options the method ran with (re-run with ``solve(problem, method, **options)``).
+    bias_margin : float or None
+        The routing margin of ``bias_E`` for ``assignment_TE``: the smallest, over tokens,
+        of ``min_{x_ij=1} (gamma_ij + p_j) - max_{x_ik=0} (gamma_ik + p_k)`` (minus the
+        certificate's ``slackness_violation``). When it exceeds ``certificate.tolerance``,
+        top-K routing with ``bias_E`` reproduces ``assignment_TE`` (and its loads) exactly;
+        at zero (exact ties, common with ``bias_kind="dual"`` and unavoidable for
+        ``"max_margin"`` on tied scores) it may not, and ``solve(..., bias="max_margin")``
+        warns with :class:`alflb.errors.RoutingTieWarning`.
     """
 
     assignment_TE: np.ndarray
@@ -138,6 +150,7 @@ class SolveResult:
     certificate: Certificate
     problem_shape: tuple[int, int, int]
     options: dict = field(default_factory=dict)
+    bias_margin: float | None = None
 
     def __repr__(self) -> str:
         t, e, k = self.problem_shape
@@ -160,10 +173,16 @@ def _check_assignment(problem: AssignmentProblem, assignment_TE: Any) -> np.ndar
     return x
 
 
+def _slack_scale(max_score: float, p_E: np.ndarray) -> float:
+    """``max|gamma| + max|p|``: the scale of a biased score, with no floor (issue: a floor at
+    1 made the slackness test vacuous for scores of size ``1e-12``)."""
+    return max_score + float(np.max(np.abs(p_E)))
+
+
 def _certify_sums_numpy(scores_TE, xf, x_TE, p_E, k, rtol):
     """The sums of :func:`certify` in numpy blocks: the general path (fractional ``x``) and
     the independent oracle of the fused kernel used for binary ``x``."""
-    tol = rtol * max(1.0, float(np.max(np.abs(scores_TE))) + float(np.max(np.abs(p_E))))
+    tol = rtol * _slack_scale(float(np.max(np.abs(scores_TE))), p_E)
     objective = 0.0
     topk_total = 0.0
     magnitude = 0.0
@@ -201,7 +220,9 @@ def certify(
         Any candidate dual ``p`` (router adds it; an overloaded expert gets a lower ``p``).
     rtol : float
         Relative tolerance of the gap (over the magnitudes summed in it) and of the
-        slackness test (over ``max|gamma| + max|p|``).
+        slackness test (over ``max|gamma| + max|p|``). Both scales come from the scores and
+        the bias themselves, with no floor, so multiplying ``gamma`` and ``p`` by any ``s > 0``
+        leaves the verdict unchanged.
 
     Returns
     -------
@@ -247,7 +268,7 @@ def certify(
 
         objective, topk_total, magnitude, max_score, viol_T = certify_rows(scores_TE, p_E, x_TE, k)
         magnitude *= k
-        tol = rtol * max(1.0, max_score + float(np.max(np.abs(p_E))))
+        tol = rtol * _slack_scale(max_score, p_E)
         worst = float(viol_T.max())
         n_bad = int(np.count_nonzero(viol_T > tol))
     else:
@@ -258,8 +279,9 @@ def certify(
     with np.errstate(over="ignore", invalid="ignore"):
         dual_value = topk_total - float(cap_E @ p_E)
         gap = dual_value - objective
-        scale = max(1.0, magnitude + float(np.abs(cap_E) @ np.abs(p_E)))
-        relative_gap = gap / scale
+        scale = magnitude + float(np.abs(cap_E) @ np.abs(p_E))
+        # no floor: relative to the scores' own scale (all-zero scores give gap 0 exactly)
+        relative_gap = gap / scale if scale > 0 else gap
     if not np.isfinite([objective, dual_value, relative_gap]).all():
         # A certificate of inf/NaN figures would certify nothing: refuse the inputs instead.
         raise InvalidInputError(

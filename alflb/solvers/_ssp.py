@@ -39,9 +39,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["SSP_DONE", "SSP_GROW", "SSP_INFEASIBLE", "SSP_LIMIT", "ssp_solve"]
+__all__ = ["SSP_DONE", "SSP_GROW", "SSP_INFEASIBLE", "SSP_LIMIT", "SSP_RELIST", "fixed_pair_lists", "ssp_solve"]
 
-SSP_DONE, SSP_GROW, SSP_INFEASIBLE, SSP_LIMIT = 0, 1, 2, 3
+SSP_DONE, SSP_GROW, SSP_INFEASIBLE, SSP_LIMIT, SSP_RELIST = 0, 1, 2, 3, 4
 
 
 @numba.njit(cache=True, nogil=True)
@@ -77,6 +77,73 @@ def _rescan_fixed(j, k, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F):
 
 
 @numba.njit(cache=True, nogil=True)
+def _next_fixed(j, k, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, listed):
+    """Advance edge ``(j, k)``'s sorted list past tokens that left ``F``; ``True`` if one is left."""
+    edge = j * E + k
+    a = head[edge]
+    end = e_ptr[edge + 1]
+    while a < end and not in_F[e_tok[a]]:
+        a += 1
+    head[edge] = a
+    if a < end:
+        W_F[j, k] = e_val[a]
+        arg_F[j, k] = e_tok[a]
+        stale_F[j, k] = False
+        return True
+    listed[j, k] = False
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def fixed_pair_lists(scores, x, p, in_F, margin_T, theta):
+    """The (routed ``j``, unrouted ``l``) pairs of fixed tokens whose reduced cost
+    ``(gamma_ij + p_j) - (gamma_il + p_l)`` is below ``theta``, grouped by edge ``j * E + l``
+    (a CSR, each edge sorted by value). Returns ``(e_ptr (E*E+1,), e_val, e_tok, n_fixed_E)``;
+    ``n_fixed_E`` counts the fixed tokens routed to each expert. Only tokens whose margin is
+    below ``theta`` can have such a pair, so the others cost one row read."""
+    T, E = x.shape
+    count = np.zeros(E * E + 1, np.int64)
+    n_fixed_E = np.zeros(E, np.int64)
+    for i in range(T):
+        if not in_F[i]:
+            continue
+        for j in range(E):
+            if x[i, j]:
+                n_fixed_E[j] += 1
+        if margin_T[i] >= theta:
+            continue
+        for j in range(E):
+            if x[i, j]:
+                bj = scores[i, j] + p[j]
+                for m in range(E):
+                    if not x[i, m] and bj - (scores[i, m] + p[m]) < theta:
+                        count[j * E + m + 1] += 1
+    e_ptr = np.cumsum(count)
+    nxt = e_ptr[:-1].copy()
+    e_val = np.empty(e_ptr[-1])
+    e_tok = np.empty(e_ptr[-1], np.int64)
+    for i in range(T):
+        if not in_F[i] or margin_T[i] >= theta:
+            continue
+        for j in range(E):
+            if x[i, j]:
+                bj = scores[i, j] + p[j]
+                for m in range(E):
+                    if not x[i, m] and bj - (scores[i, m] + p[m]) < theta:
+                        edge = j * E + m
+                        e_val[nxt[edge]] = scores[i, j] - scores[i, m]
+                        e_tok[nxt[edge]] = i
+                        nxt[edge] += 1
+    for edge in range(E * E):  # each edge's entries sorted by value
+        a, b = e_ptr[edge], e_ptr[edge + 1]
+        if b - a > 1:
+            order = np.argsort(e_val[a:b]) + a
+            e_val[a:b] = e_val[order]
+            e_tok[a:b] = e_tok[order]
+    return e_ptr, e_val, e_tok, n_fixed_E
+
+
+@numba.njit(cache=True, nogil=True)
 def _list_add(i, j, loc, mem, cnt, pos):
     pos[loc[i], j] = cnt[j]
     mem[j, cnt[j]] = i
@@ -94,7 +161,8 @@ def _list_remove(i, j, loc, mem, cnt, pos):
 
 @numba.njit(cache=True, nogil=True)
 def ssp_solve(
-    scores, x, p, load, cap, at_most, mobile, f_ptr, f_tok, in_F, fixed_floor, capacity_M, max_aug
+    scores, x, p, load, cap, at_most, mobile, f_ptr, f_tok, in_F, fixed_floor, capacity_M, max_aug,
+    e_ptr, e_val, e_tok, n_fixed_E, relist,
 ):
     """Run successive shortest paths in place on ``x`` (bool T x E), ``p`` (V), ``load`` (E).
 
@@ -105,6 +173,14 @@ def ssp_solve(
     ``(status, n_augmentations, n_rescans)``; ``SSP_GROW`` when more than ``capacity_M``
     tokens would be mobile (the caller restarts with a larger mobile set; ``x`` and ``p``
     are then a valid warm start).
+
+    ``e_ptr``/``e_val``/``e_tok`` list, per edge ``j * E + l`` and sorted by value, the fixed
+    tokens whose reduced cost on that edge is below ``fixed_floor`` (rounding aside) under
+    the start potentials (:func:`fixed_pair_lists`); every other fixed token's value on the
+    edge is at least ``fixed_floor + p_l - p_j``. ``W_F`` is the head of the list, advanced
+    past tokens that left ``F`` (``O(1)`` amortised); only an exhausted list falls back to
+    the bound; a path through it returns ``SSP_RELIST`` when ``relist`` (the caller lists
+    more pairs), else scans the expert's fixed tokens (``f_ptr``).
     """
     T, E = x.shape
     V = E + 1 if at_most else E
@@ -136,13 +212,17 @@ def ssp_solve(
     # gamma_ij - gamma_ik >= fixed_floor + p_k - p_j for its routed j and unrouted k (at the
     # start potentials). Stale entries are re-scanned only when a shortest path uses them;
     # the full scan (T K (E - K) work, most of it never used) is skipped.
+    head = e_ptr[:-1].copy()
+    listed = np.zeros((E, E), np.bool_)
     for j in range(E):
-        if f_ptr[j + 1] == f_ptr[j]:
+        if n_fixed_E[j] == 0:
             continue
         for k in range(E):
             if j != k:
                 W_F[j, k] = fixed_floor + p[k] - p[j]
                 stale_F[j, k] = True
+                listed[j, k] = True
+                _next_fixed(j, k, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, listed)
     routed = np.empty(E, np.int64)
     unrouted = np.empty(E, np.int64)
 
@@ -230,7 +310,15 @@ def ssp_solve(
                     path_i[e] = arg_M[u, v]
             else:
                 if stale_F[u, v]:
-                    _rescan_fixed(u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F)
+                    if not (
+                        listed[u, v]
+                        and _next_fixed(u, v, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, listed)
+                    ):
+                        if relist:
+                            # the bound is on a shortest path: list more pairs (one O(TE)
+                            # pass) rather than scan the expert's fixed tokens again and again
+                            return SSP_RELIST, n_aug, n_rescan
+                        _rescan_fixed(u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F)
                     retry = True
                 else:
                     path_i[e] = arg_F[u, v]
