@@ -264,7 +264,7 @@ def certify(
     feasible = binary and row_violation == 0 and column_violation == 0
 
     if x_TE is not None and not _numpy_path:
-        from ._kernels_fast import certify_rows
+        from ._kernels_certify import certify_rows
 
         objective, topk_total, magnitude, max_score, viol_T = certify_rows(scores_TE, p_E, x_TE, k)
         magnitude *= k
