@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, 12 steps, 3 configurations")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated subset of the configurations, in the order to run them "
+                         "(default: all), e.g. 'none,sign u=0.01,aux a=0.01'")
     args = ap.parse_args(argv)
     if args.seeds < 3 and not args.smoke:
         ap.error("a fair comparison needs >= 3 seeds per configuration")
@@ -181,11 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.preset, args.steps, args.batch_size, args.seq_len = "tiny", 12, 4, 32
     eval_every = max(1, args.steps // 25)  # >= 5 evaluations in the last 20%
+    chosen = configurations(args.smoke)
+    if args.configs:
+        names = [n.strip() for n in args.configs.split(",") if n.strip()]
+        unknown = [n for n in names if n not in chosen]
+        if unknown:
+            ap.error(f"unknown configuration(s) {unknown}; choose from: {', '.join(chosen)}")
+        chosen = {n: chosen[n] for n in names}
     jobs = [{"name": name, "balance": bal, "seed": s, "preset": args.preset, "steps": args.steps,
              "batch_size": args.batch_size, "seq_len": args.seq_len, "eval_every": eval_every,
              "last_evals": args.last_evals, "threads": args.threads,
              "run_dir": str(_run_dir(args.out, name, s))}
-            for name, bal in configurations(args.smoke).items() for s in range(args.seeds)]  # fmt: skip
+            for name, bal in chosen.items() for s in range(args.seeds)]  # fmt: skip
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

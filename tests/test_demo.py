@@ -54,6 +54,17 @@ def test_report_contains_the_numbers_it_computed(report):
     assert set(model["replay"]) == {"none", "sign"}
 
 
+def test_report_tables_render_and_timings_are_warm(report):
+    from markdown_tables import problems
+
+    md = (report / "report.md").read_text()
+    assert not problems(md, "report.md")
+    assert "warm time (s)" in md and "first call" in md  # compilation never in a timing
+    assert "Reproduce with `alflb demo --seed 0 --quick`" in md
+    # The claims table says what a pass is evidence of: identities are "consistent".
+    assert re.search(r"^\| T1 \| identity \|.*\| consistent \|$", md, re.M)
+
+
 def test_html_is_self_contained(report):
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
