@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from alflb import metrics as ep_metrics
+from alflb.ep import contiguous, rank_load
 from alflb.errors import InvalidInputError
 from alflb.metrics import (
     METRICS,
     balancedness,
     coefficient_of_variation,
-    contiguous,
     dead_experts,
     dropped_rate,
     effective_fraction,
@@ -30,7 +30,6 @@ from alflb.metrics import (
     min_over_mean,
     overload_factor,
     per_layer_mean,
-    rank_load,
 )
 
 # The worked example of docs/metrics.md: 4 experts, 12 token-slots, mean 3.
