@@ -106,8 +106,10 @@ def histogram_quantiles(counts_EB: Any, lo: float, hi: float, rank_E: Any) -> An
 
     With ``C_b`` the count below bin ``b`` and ``n_b`` its count, the answer lies in the
     bin with :math:`C_b \le r < C_b + n_b` at :math:`\text{lo}_b + h (r - C_b)/n_b`
-    (``h`` the bin width): below it lie ``r`` of the values. A rank in the underflow bin
-    gives ``lo``, in the overflow bin ``hi``. Same backend as ``counts_EB``.
+    (``h`` the bin width): below it lie ``r`` of the values, and the bin is the one that
+    holds the value of 0-based rank ``r`` (the one :func:`~alflb.rules.quantile_sweep`
+    returns). A rank in the underflow bin gives ``lo``; in the overflow bin, or at or past
+    the total count (every token kept), ``hi``. Same backend as ``counts_EB``.
 
     >>> c = np.array([[0, 1, 1, 0, 0, 0]])  # 4 bins over [0, 4): values in bins 0 and 1
     >>> histogram_quantiles(c, 0.0, 4.0, np.array([1.0])).tolist()
