@@ -123,7 +123,7 @@ class Advice:
                     continue
                 x = [r["rate"] for r in rows]
                 (line,) = ax.plot(x, [r[col] for r in rows], marker="o", ms=3, label=rule)
-                best = [r for r in rows if r["recommended"]][0]
+                best = next(r for r in rows if r["recommended"])
                 ax.plot([best["rate"]], [best[col]], marker="*", ms=12, color=line.get_color())
             ax.set_xscale("log")
             ax.set_xlabel("rate (score units)")
@@ -236,7 +236,7 @@ def advise(
     spread = float(pstar.max() - pstar.min()) or float(scores.std())
     rates = np.geomspace(spread / (3 * n), spread, n_rates) if n_rates > 1 else np.array([spread / n])
     start_gap = (sum(batch_dual(s, np.zeros(e), k, cap) for s in scores) - opt) / n
-    lo = n - max(1, int(round(late * n)))
+    lo = n - max(1, round(late * n))
     rows: list[dict[str, Any]] = []
     recommended: dict[str, float] = {}
     for name in rules:

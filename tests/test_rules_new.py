@@ -31,9 +31,9 @@ from alflb.rules import (
     quantile_sweep,
     rule_from_dict,
 )
-from alflb.simulator import run_policy
 from alflb.rules.base import RuleUpdate
 from alflb.rules.histogram import histogram_edges
+from alflb.simulator import run_policy
 
 NEW = ("histogram_quantile", "smebu", "ema_proportional", "mirror", "bip")
 
