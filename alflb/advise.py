@@ -25,7 +25,8 @@ The grid is in the units of the scores (the bias is added to them): from
 :math:`\Delta / (3N)` to :math:`\Delta`, where :math:`\Delta = \max_k p^\star_k - \min_k p^\star_k`
 is the spread of the pooled optimal bias. Time scale: the sign rule moves each bias by at
 most ``u`` per step, so undoing a score gap :math:`\Delta` takes at least :math:`\Delta/u`
-steps; a rate below :math:`\Delta / N` cannot reach :math:`p^\star` within the run.
+steps (:math:`\Delta/(2u)` when both experts move); a rate below :math:`\Delta / (2N)` cannot
+reach :math:`p^\star` within the run.
 
 :func:`measure_mu` estimates the curvature of the expected dual on :math:`\sum p = 0`
 near :math:`p^\star` (SPEC section 4), and :func:`auto_decay` builds the ``decay`` rule
@@ -98,9 +99,10 @@ class Advice:
         n = self.config["n_steps"]
         return (
             f"Time scale: a sign step moves each bias by at most u per step, so undoing a score gap "
-            f"Delta takes at least Delta/u steps. Here Delta = spread of p* = {self.spread:.4g} (score "
-            f"units) and N = {n} steps, so u >= Delta/N = {self.spread / n:.3g} is needed to reach p* "
-            f"within the run; larger u reaches it sooner but oscillates by about u around it.\n"
+            f"Delta takes at least Delta/u steps (Delta/(2u) when both experts move). Here Delta = spread "
+            f"of p* = {self.spread:.4g} (score units) and N = {n} steps, so u >= Delta/(2N) = "
+            f"{self.spread / (2 * n):.3g} is needed to reach p* within the run; larger u reaches it "
+            f"sooner but oscillates by about u around it.\n"
             f"steps_to_threshold: first step with MaxVio_batch < {self.config['threshold']} (N if never); "
             f"late_*: the last {self.config['late']:.0%} of the steps; MaxVio_batch = max_k (A_k - c_k)/c_k; "
             f"late_oscillation: mean over experts of the std of the centred bias; regret_per_step: "
@@ -128,9 +130,10 @@ class Advice:
             ax.set_xscale("log")
             ax.set_xlabel("rate (score units)")
             ax.set_ylabel(col)
-            ax.axvline(self.spread / self.config["n_steps"], color="grey", ls=":", lw=1)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"rate advice on {self.config['source']} (star: recommended; dotted: Delta/N)")
+            ax.axvline(self.spread / (2 * self.config["n_steps"]), color="grey", ls=":", lw=1)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=7)
+        fig.suptitle(f"rate advice on {self.config['source']} (star: recommended; dotted: Delta/(2N))")
         return fig
 
 
