@@ -315,7 +315,7 @@ def test_presets_and_paper_shape():
     ({"n_groups": 8}, "each of the n_groups=8 groups needs >= 2 experts"),
     ({"n_groups": 4, "topk_groups": 1, "top_k": 3}, "top_k=3 exceeds the 2 experts"),
     ({"topk_groups": 2}, "topk_groups needs n_groups > 1"),
-    ({"score_func": "relu"}, "score_func must be 'sigmoid' or 'softmax'"),
+    ({"score_func": "relu"}, "score_func must be one of sigmoid, softmax, sqrtsoftplus"),
     ({"n_dense_layers": 9}, "n_dense_layers=9 exceeds n_layers=4"),
     ({"expert_hidden": 0}, "expert_hidden must be a positive integer"),
     ({"route_scale": -1.0}, "route_scale must be a positive number"),

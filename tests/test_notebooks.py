@@ -55,6 +55,7 @@ def test_notebooks_found():
         "04_deepseekmoe.ipynb",
         "05_expert_parallel.ipynb",
         "06_transformers.ipynb",
+        "07_rule_family.ipynb",
     ]
 
 

@@ -344,6 +344,7 @@ def test_available_rules_and_aliases():
     assert set(available_rules()) == {
         "none", "sign", "per_expert", "uniform", "decay", "centred",
         "multiplicative", "frozen_tail", "momentum", "quantile",
+        "histogram_quantile", "smebu", "ema_proportional", "mirror", "bip",
     }  # fmt: skip
     assert make_rule("centered", u=0.1) == make_rule("centred", u=0.1)
     assert make_rule("PROPORTIONAL").name == "uniform"
@@ -361,7 +362,7 @@ def test_schedules():
 @pytest.mark.parametrize(
     ("name", "params", "error", "match"),
     [
-        ("signn", {}, UnknownNameError, r"unknown update rule 'signn'; available: centred"),
+        ("signn", {}, UnknownNameError, r"unknown update rule 'signn'; available: bip, centred"),
         ("sign", {"eps": 1.0}, InvalidInputError, r"rule 'sign' has no parameter 'eps'; its parameters are: u, schedule"),
         ("sign", {"u": -1e-3}, InvalidInputError, r"u must be non-negative \(a step size\), got -0.001"),
         ("sign", {"u": float("nan")}, InvalidInputError, r"u must not be NaN"),

@@ -21,6 +21,11 @@ Presets
 ``small``
     The CPU comparison: 4 layers (the first dense), width 128, 16 routed experts top-4,
     1 shared, expert width 64, sigmoid scores. A few minutes of CPU per run.
+``deepseek_v4_tiny``
+    DeepSeek-V4-style routing at ``tiny`` size (4 layers, the first dense): scores
+    :math:`\sqrt{\mathrm{softplus}(x)}`, no group limit; with
+    :func:`alflb.model.hash_routing.build_deepseek_v4` its first MoE layer routes by a
+    token-id hash table (no bias, outside the balancing).
 ``paper_1b``
     The 1B model of Wang et al. [W] (Table 1): 9 layers, the first dense, hidden 1024,
     8 heads, 64 routed experts top-6, 2 shared, expert width 528. **Deviation**: the vocabulary
@@ -52,9 +57,25 @@ from typing import Any, Literal
 
 from ..errors import InvalidInputError, UnknownNameError
 
-__all__ = ["PRESETS", "ModelConfig", "get_preset"]
+__all__ = ["PRESETS", "SCORE_FUNCS", "ModelConfig", "get_preset"]
 
-ScoreFunc = Literal["sigmoid", "softmax"]
+ScoreFunc = Literal["sigmoid", "softmax", "sqrtsoftplus"]
+
+
+def _sqrt_softplus(logits_TE):
+    import torch.nn.functional as F
+
+    return F.softplus(logits_TE).sqrt()
+
+
+#: Router score functions by name, applied to the fp32 logits ``(T, E)``: ``sigmoid``
+#: ([V3]), ``softmax`` ([DSM]), ``sqrtsoftplus`` = :math:`\sqrt{\mathrm{softplus}(x)}`
+#: (DeepSeek-V4; positive and unbounded, so a bias in score units acts on a different scale).
+SCORE_FUNCS = {
+    "sigmoid": lambda logits_TE: logits_TE.sigmoid(),
+    "softmax": lambda logits_TE: logits_TE.softmax(dim=-1),
+    "sqrtsoftplus": _sqrt_softplus,
+}
 Dispatch = Literal["auto", "grouped", "loop"]
 
 
@@ -83,7 +104,7 @@ class ModelConfig:
     top_k: int = 4  # K, routed experts per token
     n_shared_experts: int = 1  # K_s, always-on experts (fused into one SwiGLU of width K_s*H)
     expert_hidden: int = 64  # H, hidden width of one routed expert
-    score_func: ScoreFunc = "sigmoid"  # router affinity s = sigmoid(uW) or softmax(uW)
+    score_func: ScoreFunc = "sigmoid"  # router affinity s = sigmoid(uW), softmax(uW) or sqrt(softplus(uW))
     normalize_gates: bool = True  # divide the selected scores by their sum
     route_scale: float = 1.0  # rho, multiplies the gate weights (2.5 in V3)
     n_groups: int = 1  # expert groups for group-limited routing (1: off)
@@ -118,8 +139,10 @@ class ModelConfig:
         E, K = self.n_routed_experts, self.top_k
         if not 1 <= K < E:
             raise InvalidInputError(f"top_k must satisfy 1 <= top_k < n_routed_experts={E}, got {K}")
-        if self.score_func not in ("sigmoid", "softmax"):
-            raise InvalidInputError(f"score_func must be 'sigmoid' or 'softmax', got {self.score_func!r}")
+        if self.score_func not in SCORE_FUNCS:
+            raise InvalidInputError(
+                f"score_func must be one of {', '.join(SCORE_FUNCS)}, got {self.score_func!r}"
+            )
         if self.dispatch not in ("auto", "grouped", "loop"):
             raise InvalidInputError(f"dispatch must be 'auto', 'grouped' or 'loop', got {self.dispatch!r}")
         if self.n_groups > 1:
@@ -178,6 +201,13 @@ PRESETS: dict[str, ModelConfig] = {
         max_seq_len=128, n_layers=4, n_dense_layers=1, d_model=128, n_heads=4,
         n_routed_experts=16, top_k=4, n_shared_experts=1, expert_hidden=64,
     ),
+    # DeepSeek-V4-style routing at tiny size: sqrt(softplus) scores, no group limit; its
+    # hash-routed first MoE layer is installed by alflb.model.hash_routing.build_deepseek_v4.
+    "deepseek_v4_tiny": ModelConfig(
+        max_seq_len=64, n_layers=4, n_dense_layers=1, d_model=64, n_heads=4,
+        n_routed_experts=8, top_k=2, n_shared_experts=1, expert_hidden=32,
+        score_func="sqrtsoftplus", n_groups=1,
+    ),
     "paper_1b": ModelConfig(
         max_seq_len=2048, n_layers=9, n_dense_layers=1, d_model=1024, n_heads=8,
         n_routed_experts=64, top_k=6, n_shared_experts=2, expert_hidden=528,
@@ -186,7 +216,8 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
-    """The named preset (``tiny``, ``small``, ``paper_1b``), with fields replaced by ``overrides``."""
+    """The named preset (``tiny``, ``small``, ``deepseek_v4_tiny``, ``paper_1b``), with fields
+    replaced by ``overrides``."""
     if name not in PRESETS:
         raise UnknownNameError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)

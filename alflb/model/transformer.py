@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .config import ModelConfig
+from .config import SCORE_FUNCS, ModelConfig
 
 __all__ = [
     "Attention",
@@ -327,10 +327,7 @@ class Router(nn.Module):
     def forward(self, x_TD: torch.Tensor, batch_size: int = 1) -> RouterOutput:
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())  # (T, E) fp32
-            if self.score_func == "sigmoid":
-                scores_TE = torch.sigmoid(logits_TE)
-            else:
-                scores_TE = torch.softmax(logits_TE, dim=-1)
+            scores_TE = SCORE_FUNCS[self.score_func](logits_TE)  # (T, E) fp32
             topk_TK = self.select(scores_TE.detach())  # (T, K)
             gates_TK = scores_TE.gather(1, topk_TK)  # (T, K) unbiased scores
             if self.normalize_gates:
@@ -390,6 +387,11 @@ class TransformerBlock(nn.Module):
 # ---------------------------------------------------------------------------- model
 
 
+def _balanced_moe(block: TransformerBlock) -> bool:
+    """An MoE block whose router takes part in balancing (hash-routed layers do not)."""
+    return isinstance(block.ffn, MoELayer) and getattr(block.ffn.router, "in_balance", True)
+
+
 @dataclass(frozen=True)
 class ModelOutput:
     """Logits ``(B, T, V)``, the mean cross-entropy (when targets were given), one
@@ -438,8 +440,12 @@ class DeepSeekMoE(nn.Module):
             router.reset_load_count()
 
     def routers(self) -> list[Router]:
-        """The routers of the MoE layers, in depth order."""
-        return [b.ffn.router for b in self.blocks if isinstance(b.ffn, MoELayer)]
+        """The routers of the MoE layers that take part in balancing, in depth order.
+
+        A router with ``in_balance = False`` (a hash-routed layer, :mod:`.hash_routing`)
+        is outside the assignment problem: no bias update, no loads, no routing output.
+        """
+        return [b.ffn.router for b in self.blocks if _balanced_moe(b)]
 
     def forward(self, idx_BT: torch.Tensor, targets_BT: torch.Tensor | None = None) -> ModelOutput:
         B, T = idx_BT.shape
@@ -449,7 +455,7 @@ class DeepSeekMoE(nn.Module):
         routing: list[RouterOutput] = []
         for block in self.blocks:
             x, r = block(x)
-            if r is not None:
+            if r is not None and _balanced_moe(block):
                 routing.append(r)
         logits = self.head(self.norm(x))  # (B, T, V)
         loss = None

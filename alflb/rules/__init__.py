@@ -37,6 +37,18 @@ where ``A^n`` are the loads of the batch just routed with ``p`` and ``c`` the ca
                     balancing, Su 2026); no step size.
 ==================  =========================================================================
 
+Newer rules (SPEC section 11):
+
+- ``histogram_quantile``: the quantile step estimated from per-expert histograms summed
+  over micro-batches and data-parallel ranks (Kimi K3).
+- ``smebu``: :math:`v \leftarrow \beta v + (1-\beta)\tanh(e/s)`, :math:`p \mathrel{+}= u v`,
+  centred (Arcee Trinity; the clamp before the momentum).
+- ``ema_proportional``: :math:`p \mathrel{+}= u\,(c/\textstyle\sum c - \hat f)` on an EMA of
+  load fractions, centred, capped (axolotl).
+- ``mirror``: entropic mirror step :math:`p \mathrel{+}= u \log(q / \hat f)` on an EMA of load
+  fractions, centred (phi-balancing style). Alias ``phi``.
+- ``bip``: a few exact dual iterations per batch on the capacity-inequality dual (BIP).
+
 The package is cut by family: :mod:`~alflb.rules.base` (state, result, capabilities,
 base class), :mod:`~alflb.rules.sign`, :mod:`~alflb.rules.proportional`,
 :mod:`~alflb.rules.momentum`, :mod:`~alflb.rules.multiplicative`,
@@ -81,6 +93,9 @@ Examples
 from __future__ import annotations
 
 from .base import RuleCapabilities, RuleState, RuleUpdate, UpdateRule
+from .bip import BipRule
+from .ema import EmaProportionalRule, MirrorRule, SmebuRule
+from .histogram import HistogramAccumulator, HistogramQuantileRule, histogram_quantiles
 from .momentum import MomentumRule
 from .multiplicative import MultiplicativeRule
 from .proportional import DecayRule, PerExpertRule, UniformRule
@@ -89,9 +104,14 @@ from .registry import available_rules, make_rule, rule_from_dict
 from .sign import CentredSignRule, FrozenTailRule, NoUpdateRule, SignRule
 
 __all__ = [
+    "BipRule",
     "CentredSignRule",
     "DecayRule",
+    "EmaProportionalRule",
     "FrozenTailRule",
+    "HistogramAccumulator",
+    "HistogramQuantileRule",
+    "MirrorRule",
     "MomentumRule",
     "MultiplicativeRule",
     "NoUpdateRule",
@@ -101,9 +121,11 @@ __all__ = [
     "RuleState",
     "RuleUpdate",
     "SignRule",
+    "SmebuRule",
     "UniformRule",
     "UpdateRule",
     "available_rules",
+    "histogram_quantiles",
     "make_rule",
     "quantile_sweep",
     "rule_from_dict",

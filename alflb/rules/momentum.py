@@ -37,7 +37,7 @@ class MomentumRule(UpdateRule):
     Parameters
     ----------
     u : float
-        Largest move per update, :math:`u \ge 0`.
+        Largest move per update, :math:`u \ge 0`, in score units (default ``1e-3``).
     beta : float
         Momentum :math:`\beta \in [0, 1)`.
     tau : float

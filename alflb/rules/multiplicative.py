@@ -32,7 +32,8 @@ class MultiplicativeRule(UpdateRule):
     Parameters
     ----------
     u : float
-        Relative step, :math:`0 \le u < 1`.
+        Relative step, :math:`0 \le u < 1`, dimensionless (the multiplier ``b`` scales the
+        scores; default ``1e-3``).
 
     References
     ----------

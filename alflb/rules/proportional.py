@@ -91,7 +91,8 @@ class UniformRule(_ScalarStepRule):
               \bar L = \tfrac1E \textstyle\sum_k c_k
 
     With ``normalize`` (default) the error is a fraction of the mean load, so ``eps`` is
-    dimensionless and comparable with the sign rule's ``u``; ``step_E`` is then
+    dimensionless and ``eps`` (default ``1e-3``) is in score units per unit relative error,
+    comparable with the sign rule's ``u``; ``step_E`` is then
     :math:`\varepsilon_n / \bar L`. With ``normalize=False`` the error is in raw token
     counts. :math:`\varepsilon_n` comes from ``schedule`` if given, else the constant ``eps``.
 
@@ -130,7 +131,9 @@ class DecayRule(_ScalarStepRule):
     with :math:`\bar L = \sum_k c_k / E` when ``normalize`` (default), 1 otherwise. With
     ``a = 1/mu``, ``n0 = 1`` and ``normalize=False`` this is the ``1/(mu n)`` schedule
     (``n`` counted from 1) of the logarithmic-regret theorem ([HZ] with [HAK]) for an
-    expected loss that is ``mu``-strongly convex on ``sum p = 0``.
+    expected loss that is ``mu``-strongly convex on ``sum p = 0``. Units: ``a`` (default 1)
+    is in score units per unit relative error (``normalize``) or per token of error (not);
+    :func:`alflb.advise.auto_decay` sets ``a = 1/mu`` from a measured ``mu``.
 
     References
     ----------

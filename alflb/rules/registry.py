@@ -10,6 +10,9 @@ from typing import Any
 
 from ..errors import InvalidInputError, UnknownNameError
 from .base import UpdateRule
+from .bip import BipRule
+from .ema import EmaProportionalRule, MirrorRule, SmebuRule
+from .histogram import HistogramQuantileRule
 from .momentum import MomentumRule
 from .multiplicative import MultiplicativeRule
 from .proportional import DecayRule, PerExpertRule, UniformRule
@@ -31,16 +34,22 @@ RULES: dict[str, type[UpdateRule]] = {
         FrozenTailRule,
         MomentumRule,
         QuantileRule,
+        HistogramQuantileRule,
+        SmebuRule,
+        EmaProportionalRule,
+        MirrorRule,
+        BipRule,
     )
 }
-ALIASES = {"proportional": "uniform", "centered": "centred", "deepseek": "sign"}
+ALIASES = {"proportional": "uniform", "centered": "centred", "deepseek": "sign",
+           "hist_quantile": "histogram_quantile", "phi": "mirror"}
 
 
 def available_rules() -> list[str]:
     """The registered rule names, sorted (aliases: ``proportional``, ``centered``, ``deepseek``).
 
     >>> available_rules()[:3]
-    ['centred', 'decay', 'frozen_tail']
+    ['bip', 'centred', 'decay']
     """
     return sorted(RULES)
 

@@ -63,7 +63,8 @@ class SignRule(UpdateRule):
     Parameters
     ----------
     u : float
-        The constant step :math:`u \ge 0`.
+        The constant step :math:`u \ge 0`, in score units per update (the bias is added
+        to the scores); default ``1e-3`` ([W], [V3]).
     schedule : Schedule or dict, optional
         Step sizes :math:`u_n` by update count ``n`` (overrides ``u``).
 
