@@ -178,7 +178,7 @@ class TorchBackend:
     """The torch side of :func:`backend` (same methods as :class:`NumpyBackend`).
 
     Results live on the device of the input; a bias is fp32 or fp64, never half precision
-    (SPEC section 9).
+    (docs/theory.md section 8).
     """
 
     name = "torch"

@@ -14,7 +14,7 @@ One pass over the score matrix does, for every token ``i`` (rows in parallel wit
 
 so a step of the simulator costs one read of ``scores_TE`` and no temporary ``(T, E)``
 array. ``V = sum_i TopKSum(gamma_i + p)``, so the batch dual is
-``f(p) = V - c . p`` (SPEC section 4) at no extra cost.
+``f(p) = V - c . p`` (docs/theory.md section 4) at no extra cost.
 
 Selection is exactly :func:`alflb.route_topk`: the ``K`` largest biased scores, ties at
 the K-th place to the lowest expert indices. Per row: the smallest of the maxima of ``K``

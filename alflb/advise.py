@@ -29,7 +29,7 @@ steps (:math:`\Delta/(2u)` when both experts move); a rate below :math:`\Delta /
 reach :math:`p^\star` within the run.
 
 :func:`measure_mu` estimates the curvature of the expected dual on :math:`\sum p = 0`
-near :math:`p^\star` (SPEC section 4), and :func:`auto_decay` builds the ``decay`` rule
+near :math:`p^\star` (docs/theory.md section 4), and :func:`auto_decay` builds the ``decay`` rule
 with :math:`a = 1/\mu` from it.
 
 Sign convention: the router adds the bias; an overloaded expert's bias goes down.

@@ -4,7 +4,7 @@ Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
 
 These route a batch *knowing the batch* (non-causal), unlike the ALF-LB rules whose bias
 for batch ``n`` depends only on batches before ``n``. They bound what a causal rule can
-hope for and reproduce the routers of the literature (SPEC section 7):
+hope for and reproduce the routers of the literature (docs/theory.md section 5):
 
 - :func:`batch_optimum` (BASE-style): the exact optimum of the batch's assignment LP
   (:func:`alflb.solvers.solve`), with its optimal dual as the bias. Loads equal ``c``.
@@ -22,7 +22,7 @@ hope for and reproduce the routers of the literature (SPEC section 7):
   token index). Loads equal ``c`` exactly, but tokens get a variable number of experts
   (some none) and in a causal model the choice leaks future tokens [W].
 
-Quantile balancing, the remaining comparator of SPEC section 7, is the ``"quantile"``
+Quantile balancing, the remaining comparator of docs/theory.md section 5, is the ``"quantile"``
 rule of :mod:`alflb.rules` (it is causal: it updates the bias after the batch).
 
 Sign convention: the router adds the bias; an overloaded expert's bias goes down.

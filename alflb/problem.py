@@ -104,7 +104,7 @@ def rounded_capacity(n_tokens: int, n_experts: int, k: int) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class AssignmentProblem:
-    r"""One batch's top-K assignment problem (SPEC section 1).
+    r"""One batch's top-K assignment problem (docs/theory.md section 1).
 
     .. math::
 

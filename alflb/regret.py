@@ -1,4 +1,4 @@
-r"""Regret of an online bias rule against exact comparators (SPEC section 4).
+r"""Regret of an online bias rule against exact comparators (docs/theory.md section 4).
 
 Shape legend: ``N`` steps, ``T`` tokens per step, ``E`` experts, ``K`` experts per token,
 ``S`` seeds, ``G`` points of a prefix grid.

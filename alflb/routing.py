@@ -194,7 +194,7 @@ def routing_margin(scores_TE: Any, bias_E: Any = None, k: int = 1) -> Any:
 
     where :math:`v_{(j)}` is the ``j``-th largest entry. A token whose margin exceeds
     :math:`2 \max_k |\delta p_k|` keeps its top-K set after the bias moves by
-    :math:`\delta p` (SPEC C-c). A zero margin is a tie.
+    :math:`\delta p` (claim C-c, docs/theory.md section 4). A zero margin is a tie.
 
     Parameters
     ----------

@@ -224,7 +224,7 @@ class TraceRecorder:
         Applied to the captured tensor before flattening (e.g. ``torch.sigmoid`` when the
         module returns logits).
     only_training : bool
-        Skip calls made while the module is in eval mode (SPEC section 3: loads and traces
+        Skip calls made while the module is in eval mode (docs/theory.md section 3: loads and traces
         come from training steps).
 
     Each capture is detached, cast to float32, moved to the CPU and reshaped to

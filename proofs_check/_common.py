@@ -2,7 +2,7 @@ r"""Shared machinery of the claim checks: results, profiles, instances, trajecto
 
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token, ``N`` iterations.
 
-Deterministic setting of SPEC section 4: one fixed score matrix ``gamma``; for
+Deterministic setting of docs/theory.md section 4: one fixed score matrix ``gamma``; for
 ``n = 0, 1, ...``
 
 .. math::

@@ -38,7 +38,7 @@ gap at ``p^n`` is at most ``2 max|Delta p| = 2u`` (equality allowed: the tie-bre
 switch a token exactly at the boundary). Sum over the window; ``g >= OPT``; and
 ``max_k |A_k - c_k| <= I/2`` because ``sum_k (A_k - c_k) = 0``. ∎
 
-What is **not** proved, and is measured instead: SPEC's per-step form
+What is **not** proved, and is measured instead: the per-step form
 ``max_k |A_k^n - c_k| <= Z^n`` after a burn-in (reported as the fraction of late steps
 where it fails), and the ``O(u)`` distance of the biases to the dual-optimal set.
 

@@ -3,7 +3,7 @@
 All rules see the same skewed stream (common random numbers). [W] Table 3 found the
 proportional (uniform) rule slightly better than sign in MaxVio_global at equal
 perplexity; centring changes nothing in routing (the bias only stops drifting); the
-momentum rule's constants are not published (SPEC section 3). The per-batch optimum,
+momentum rule's constants are not published (docs/theory.md section 3). The per-batch optimum,
 Sinkhorn and Expert Choice are non-causal references.
 """
 
@@ -18,7 +18,7 @@ def main() -> None:
     args = parse_args("rule_comparison", __doc__)
     # Exact regret needs one pooled solve over N*T tokens: on for the small run only.
     n_steps, n_tokens, n_experts, k = (20000, 4096, 64, 8) if args.full else (1000, 256, 16, 2)
-    # The step must suit the run length (SPEC section 9): u = 1e-3 was tuned for 40,000 steps;
+    # The step must suit the run length (docs/theory.md section 8): u = 1e-3 was tuned for 40,000 steps;
     # the short run uses 1e-2 so the bias can cross the score gaps within its 1000 steps.
     u = 1e-3 if args.full else 1e-2
     config = SimulationConfig(

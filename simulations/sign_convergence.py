@@ -1,6 +1,6 @@
 """Deterministic convergence of the sign rule and the T1 monotonic-improvement condition.
 
-The same batch every step (the ``fixed`` stream, SPEC section 4): the sign rule
+The same batch every step (the ``fixed`` stream, docs/theory.md section 4): the sign rule
 ``p += u sign(c - A)`` drives MaxVio down to a tie-limited floor that falls with ``u``, and
 along the way the T1 identity ``g(p^{n+1}) - g(p^n) = switching - imbalance`` holds to
 rounding; the dual decreases exactly on the steps where the step-weighted squared

@@ -3,7 +3,7 @@
 [W] trained a 1B model for 40,000 steps and found u = 1e-4 slow to balance early, 1e-3 best,
 1e-2 oscillating late. Here the same rule runs on a skewed stream (Zipf popularity), so
 the bias has real work to do: it must move by the score gaps (about 0.1 for sigmoid
-scores) and that takes about gap/u steps (SPEC section 9). Reported per u: MaxVio_batch
+scores) and that takes about gap/u steps (docs/theory.md section 8). Reported per u: MaxVio_batch
 early (first 10% of steps) and late (last 10%), and MaxVio_global over the run.
 """
 

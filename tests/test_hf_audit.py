@@ -1,6 +1,6 @@
 """The router audit: every check passes on correct routers and fails on its mutant.
 
-The mutants are small routers each carrying one bug users have hit (SPEC section 9):
+The mutants are small routers each carrying one bug users have hit (docs/theory.md section 8):
 the bias in the gate weights, masked groups filled with 0, the bias kept in bf16, a
 checkpoint that drops the bias, loads counted under recomputation or in eval, a
 reversed update sign, a bias that never reaches selection. Keeping them here makes a

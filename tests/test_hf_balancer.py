@@ -161,7 +161,7 @@ def _train(u, steps=30, seed=0):
 def test_maxvio_falls_with_the_sign_rule_on_a_trained_model():
     # 30 steps of 128 tokens, 8 experts, top-2: without balancing the router collapses
     # (MaxVio -> 3, its maximum); u = 5e-3 is a tenth of the softmax score scale (1/8),
-    # so the sign rule can undo score gaps of ~0.1 within the run (SPEC section 9).
+    # so the sign rule can undo score gaps of ~0.1 within the run (docs/theory.md section 8).
     none, sign = _train(None), _train(5e-3)
     assert none[-10:].mean() > 2.0
     assert sign[-10:].mean() < 0.6 * none[-10:].mean()

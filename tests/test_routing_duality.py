@@ -1,4 +1,4 @@
-"""Routing and the dual function: oracles and hypothesis properties (SPEC section 2)."""
+"""Routing and the dual function: oracles and hypothesis properties (docs/theory.md section 2)."""
 
 from __future__ import annotations
 

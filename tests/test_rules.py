@@ -293,7 +293,7 @@ def test_quantile_sweeps_never_increase_the_dual(seed):
 
 
 def test_quantile_general_e_is_not_balanced_after_one_sweep():
-    """Documented limitation: for E > 2 one sweep need not balance (SPEC says 'one sweep')."""
+    """Documented limitation: for E > 2 one sweep need not balance (quantile balancing is described as one sweep of block-coordinate descent)."""
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(64, 8)) + 2 * rng.normal(size=8)
     cap = np.full(8, 16)

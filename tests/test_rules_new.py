@@ -1,4 +1,4 @@
-"""The newer balancing rules (SPEC section 11): formulas, sign, data parallelism, mutants.
+"""The newer balancing rules (docs/theory.md section 3): formulas, sign, data parallelism, mutants.
 
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token. Sign convention: the
 router adds the bias; an overloaded expert's bias goes down.

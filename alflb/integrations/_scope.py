@@ -1,4 +1,4 @@
-"""Which forward passes count: the counting scope of SPEC section 3, for hooks.
+"""Which forward passes count: the counting scope of docs/theory.md section 3, for hooks.
 
 A router forward counts when it is a *real* forward of a training step: the module is
 in training mode (unless the caller counts every mode) and the call is not an

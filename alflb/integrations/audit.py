@@ -3,8 +3,8 @@ r"""A conformance kit for MoE router implementations of a selection-only bias.
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` top-k, ``D`` model width.
 
 Sign convention: the router adds the bias ``b`` to the scores for top-K selection only;
-an overloaded expert's bias goes down. The audit checks the semantic rules of SPEC
-sections 3, 6 and 9 on a router through a :class:`RouterAdapter`, each with evidence:
+an overloaded expert's bias goes down. The audit checks the semantic rules of
+docs/theory.md sections 3, 7 and 8 on a router through a :class:`RouterAdapter`, each with evidence:
 
 ==========================  ==================================================================
 check                       passes when

@@ -6,7 +6,7 @@ Shape legend: ``N`` steps, ``L`` layers, ``T`` tokens, ``E`` experts, ``K`` top-
 Sign convention: the router adds the bias ``b`` to the scores for selection only; an
 overloaded expert's bias goes down. With ``G`` groups of ``E / G`` experts, keep
 ``topk_group`` groups ranked by the sum of their two largest biased scores, mask the
-others with :math:`-\infty` (never 0: SPEC section 9), and select the top ``K`` of what
+others with :math:`-\infty` (never 0: docs/theory.md section 8), and select the top ``K`` of what
 remains:
 
 .. math::

@@ -13,7 +13,7 @@ for top-K selection only; an overloaded expert's bias goes *down*:
 with ``A`` the loads of the global batch (all micro-batches; summed over data-parallel
 ranks), counted only in real training forwards (not in eval, not in an
 activation-checkpointing recomputation, not on padding tokens), and one update per
-optimiser step, after ``optimizer.step()`` (SPEC section 3).
+optimiser step, after ``optimizer.step()`` (docs/theory.md section 3).
 
 - :func:`record_routing` runs batches through a model and writes an alflb trace of every
   MoE layer (scores, loads; selected ids beside it).

@@ -1,4 +1,4 @@
-r"""Load-imbalance metrics (SPEC section 5).
+r"""Load-imbalance metrics (docs/theory.md section 6).
 
 Shape legend: ``E`` experts, ``N`` steps, ``L`` MoE layers.
 
@@ -255,7 +255,7 @@ def smooth(values_N: Any, window: int = 100) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImbalanceSummary:
-    """All SPEC section 5 metrics of one load vector ``(E,)`` (see each function's formula).
+    """All docs/theory.md section 6 metrics of one load vector ``(E,)`` (see each function's formula).
 
     Attributes
     ----------

@@ -15,7 +15,7 @@ micro-batches:
    evaluate (validation loss, perplexity, bits per byte, ``MaxVio_global`` of the
    validation set's summed loads per layer and averaged over MoE layers) and checkpoint.
 
-MaxVio (stated with every number, SPEC section 5): ``(max_k A_k - mean_k A_k) / mean_k A_k``
+MaxVio (stated with every number, docs/theory.md section 6): ``(max_k A_k - mean_k A_k) / mean_k A_k``
 of one layer's loads, from :func:`alflb.metrics.max_violation`; reported values average
 over MoE layers, per-layer values are kept in the CSV.
 

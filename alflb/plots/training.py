@@ -4,7 +4,7 @@ The figures are :class:`matplotlib.figure.Figure` objects drawn without pyplot, 
 them selects no backend and leaves a notebook's backend alone; the PNG is rendered by
 the figure's own canvas and written atomically.
 
-MaxVio (SPEC section 5): ``(max_k A_k - mean_k A_k) / mean_k A_k`` of one layer's loads,
+MaxVio (docs/theory.md section 6): ``(max_k A_k - mean_k A_k) / mean_k A_k`` of one layer's loads,
 averaged over MoE layers; ``MaxVio_batch`` is smoothed with a trailing mean ([W] uses 100
 steps).
 

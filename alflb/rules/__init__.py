@@ -1,4 +1,4 @@
-r"""The ALF-LB update family: pure bias-update rules (SPEC section 3).
+r"""The ALF-LB update family: pure bias-update rules (docs/theory.md section 3).
 
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
 
@@ -37,7 +37,7 @@ where ``A^n`` are the loads of the batch just routed with ``p`` and ``c`` the ca
                     balancing, Su 2026); no step size.
 ==================  =========================================================================
 
-Newer rules (SPEC section 11):
+Newer rules (docs/theory.md section 3):
 
 - ``histogram_quantile``: the quantile step estimated from per-expert histograms summed
   over micro-batches and data-parallel ranks (Kimi K3).

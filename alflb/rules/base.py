@@ -277,7 +277,7 @@ class UpdateRule:
         .. math:: \gamma_{ik} + p_k \;(\texttt{selection="add"}), \qquad
                   \gamma_{ik} b_k \;(\texttt{selection="mul"})
 
-        Gate weights must use the unbiased ``scores_TE`` (SPEC section 6). Torch scores
+        Gate weights must use the unbiased ``scores_TE`` (docs/theory.md section 7). Torch scores
         give a tensor of the promoted dtype on the scores' device.
 
         >>> from alflb.rules import make_rule

@@ -37,7 +37,7 @@ SCOPES = ("global_batch", "micro_batch")
 
 
 def histogram_edges(bias_E: Any, n_bins: int, margin: float = 1.0) -> tuple[float, float]:
-    r"""The histogram range :math:`[\min_k p_k - m,\ \max_k p_k + m]` (SPEC section 11).
+    r"""The histogram range :math:`[\min_k p_k - m,\ \max_k p_k + m]` (docs/theory.md section 3).
 
     The histogrammed values :math:`\alpha_i - \gamma_{ik}` lie in this range when the
     scores lie in an interval of width ``margin`` (sigmoid scores and ``m = 1``); values

@@ -29,7 +29,7 @@ class MomentumRule(UpdateRule):
         \;(\text{if } \texttt{center}),
 
     with :math:`\bar L = \sum_k c_k / E`. The constants of the published variant are not
-    known (SPEC section 3): ``u``, ``beta``, ``tau`` are parameters. :math:`|\Delta_k| < u`;
+    known (docs/theory.md section 3): ``u``, ``beta``, ``tau`` are parameters. :math:`|\Delta_k| < u`;
     for :math:`\tau \to 0` and :math:`\beta = 0` it tends to the centred sign rule. Not a
     dual step of the form :math:`\varepsilon (c - A)` with :math:`\varepsilon \ge 0`
     (momentum), so ``step_E`` is ``None``. The state keeps ``velocity_E`` (:math:`v`).

@@ -6,7 +6,7 @@ Shape legend: ``N`` steps, ``T`` tokens per step, ``E`` experts, ``K`` experts p
 For each seed the stream is drawn once (common random numbers: every policy sees
 identical scores) and each policy runs causally over it (:mod:`.loop`). For additive
 rules the simulator also records the two terms of the Lagrangian identity T1 on batch
-``n`` ([HZ]; SPEC section 4):
+``n`` ([HZ]; docs/theory.md section 4):
 
 .. math::
 

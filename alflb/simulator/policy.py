@@ -11,7 +11,7 @@ what happens on one batch.
 - :class:`RulePolicy` adapts an :class:`~alflb.rules.UpdateRule`. For rules that select
   on ``gamma + p`` (``capabilities().selection == "add"``) it records the batch dual
   :math:`f_n(p^n) = \sum_i \operatorname{TopKSum}(\gamma^n_i + p^n) - c \cdot p^n` and,
-  with ``record_t1``, the two terms of the Lagrangian identity T1 (SPEC section 4): the
+  with ``record_t1``, the two terms of the Lagrangian identity T1 (docs/theory.md section 4): the
   imbalance :math:`\langle p^{n+1} - p^n, c - A^n\rangle` and the switching benefit
   :math:`\sum_i b_i^{n+1}`. For ``"mul"`` rules neither is defined (NaN).
 - :class:`BatchOptimumPolicy`, :class:`SinkhornPolicy`, :class:`ExpertChoicePolicy` adapt

@@ -2,8 +2,8 @@ r"""The outcome of a simulation: config, per-(policy, seed) runs, exact referenc
 
 Shape legend: ``N`` steps, ``E`` experts, ``S`` seeds, ``G`` prefix-grid points.
 
-Data only: the regrets come from :mod:`alflb.regret` (SPEC section 4), the load metrics
-from :mod:`alflb.metrics` (SPEC section 5); nothing is computed here that those modules
+Data only: the regrets come from :mod:`alflb.regret` (docs/theory.md section 4), the load metrics
+from :mod:`alflb.metrics` (docs/theory.md section 6); nothing is computed here that those modules
 define. Quantities a policy does not define are NaN in its arrays and ``n/a`` in tables:
 ``f_n`` for ``multiplicative`` (it scales scores; there is no dual) and ``expert_choice``
 (tokens do not get ``K`` experts); the T1 terms for non-additive rules and the
@@ -148,7 +148,7 @@ class SimulationResult:
 
     # ---------------------------------------------------------------- metrics
     def metrics_row(self, label: str, seed_index: int) -> dict[str, Any]:
-        """SPEC section 5 metrics of one run (MaxVio as in [W]), its regrets, T1 sums, time."""
+        """docs/theory.md section 6 metrics of one run (MaxVio as in [W]), its regrets, T1 sums, time."""
         run = self.run(label, seed_index)
         loads = run.load_NE.astype(np.float64)
         n_steps = len(loads)
@@ -172,7 +172,7 @@ class SimulationResult:
         }
 
     def metrics_rows(self) -> list[dict[str, Any]]:
-        """One row per (policy, seed): SPEC section 5 metrics, regrets, T1 sums, time."""
+        """One row per (policy, seed): docs/theory.md section 6 metrics, regrets, T1 sums, time."""
         return [
             self.metrics_row(label, s) for label in self.labels for s in range(self.config.n_seeds)
         ]

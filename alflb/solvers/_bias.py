@@ -3,7 +3,7 @@ r"""The biases that certify a given assignment: an optimal dual, or the max-marg
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
 
 An optimal assignment ``x`` determines the optimal duals through difference constraints
-(SPEC section 2): with
+(docs/theory.md section 2): with
 
 .. math:: W_{jk} = \min_{i:\, x_{ij}=1,\, x_{ik}=0} (\gamma_{ij} - \gamma_{ik}),
 

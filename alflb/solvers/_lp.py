@@ -72,7 +72,7 @@ def _finish(problem: AssignmentProblem, x_frac: np.ndarray, lp_bias_E: np.ndarra
 
 def solve_highs(problem: AssignmentProblem, *, presolve: bool = False, time_limit: float | None = None):
     """Backend of ``method="highs"``: ``scipy.optimize.linprog(method="highs")``, sparse,
-    presolve off by default (SPEC: HiGHS presolve is pathologically slow on this LP)."""
+    presolve off by default (measured here: HiGHS presolve is pathologically slow on this LP)."""
     from scipy.optimize import linprog
 
     n_tokens, n_experts = problem.n_tokens, problem.n_experts

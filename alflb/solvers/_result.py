@@ -2,7 +2,7 @@ r"""The result of a solve and the optimality certificate of an assignment.
 
 Shape legend: ``T`` tokens, ``E`` experts, ``K`` experts per token.
 
-A feasible assignment ``x`` and a bias ``p`` certify each other (SPEC section 2):
+A feasible assignment ``x`` and a bias ``p`` certify each other (docs/theory.md section 2):
 
 .. math::
 

@@ -237,7 +237,7 @@ class AdversarialStream(ScoreStream):
 class FixedStream(ScoreStream):
     """One batch drawn once (i.i.d. logits plus optional Zipf offsets) and repeated each step.
 
-    The deterministic setting of SPEC section 4 (T1-T3): the same ``gamma`` every iteration.
+    The deterministic setting of docs/theory.md section 4 (T1-T3): the same ``gamma`` every iteration.
     """
 
     zipf_s: float = 0.0  # Zipf exponent of per-expert offsets (0: none)
