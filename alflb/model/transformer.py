@@ -29,7 +29,11 @@ Mechanics that the tests pin:
 - selection equals :func:`alflb.route_topk` of ``(scores, bias)`` whenever the K-th and
   (K+1)-th biased scores differ (``torch.topk`` breaks exact ties arbitrarily);
 - group-limited routing masks the dropped groups with ``-inf`` (never 0), so a large
-  negative bias can never select a masked expert.
+  negative bias can never select a masked expert;
+- where the frameworks differ, ``cfg.semantics`` (:mod:`alflb.semantics`) decides: how
+  many of a group's top biased scores rank it (2, or Megatron's ``K // topk_groups``),
+  whether a single gate (``K = 1``) is normalised, and whether the scores are rounded to
+  the router input's dtype before the bias is added (megatron-core 0.16.1).
 
 Routed experts are computed grouped by expert: the ``T*K`` (token, expert) slots are
 sorted by expert id and each expert's contiguous block is multiplied by its weights
@@ -54,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..semantics import get_semantics
 from .config import ModelConfig
 
 __all__ = [
@@ -272,6 +277,7 @@ class Router(nn.Module):
             cfg.score_func, cfg.normalize_gates, cfg.route_scale,
         )
         self.n_groups, self.topk_groups = cfg.n_groups, cfg.topk_groups
+        self.semantics = get_semantics(cfg.semantics)  # where the frameworks differ (alflb.semantics)
         # How the bias enters selection: "add" (scores + bias) or "mul" (scores * bias), as
         # the update rule declares (UpdateRule.capabilities().selection); the Balancer sets it.
         self.selection = "add"
@@ -317,7 +323,8 @@ class Router(nn.Module):
         if self.n_groups > 1:
             T, E = biased_TE.shape
             grouped_TGn = biased_TE.view(T, self.n_groups, E // self.n_groups)  # (T, G, E/G)
-            group_score_TG = grouped_TGn.topk(2, dim=-1).values.sum(-1)  # (T, G) top-2 sum
+            size = self.semantics.group_score_size(self.top_k, self.topk_groups)
+            group_score_TG = grouped_TGn.topk(size, dim=-1).values.sum(-1)  # (T, G) top-`size` sum
             keep_TG = group_score_TG.topk(self.topk_groups, dim=-1).indices  # (T, topk_groups)
             drop_TG = torch.ones_like(group_score_TG, dtype=torch.bool).scatter_(1, keep_TG, False)
             # -inf, never 0: a masked expert must lose against any finite biased score.
@@ -325,15 +332,21 @@ class Router(nn.Module):
         return biased_TE.topk(self.top_k, dim=-1).indices  # (T, K)
 
     def forward(self, x_TD: torch.Tensor, batch_size: int = 1) -> RouterOutput:
-        with torch.autocast(device_type=x_TD.device.type, enabled=False):
+        dev = x_TD.device.type
+        act = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_TD.dtype  # the logits' dtype
+        with torch.autocast(device_type=dev, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())  # (T, E) fp32
             if self.score_func == "sigmoid":
                 scores_TE = torch.sigmoid(logits_TE)
             else:
                 scores_TE = torch.softmax(logits_TE, dim=-1)
+            if self.semantics.score_dtype == "activation":
+                # megatron-core 0.16.1 casts the fp32 scores back to the logits' dtype before
+                # adding the fp32 bias: selection and gates see the rounded scores.
+                scores_TE = scores_TE.to(act).float()  # (T, E) rounded, fp32
             topk_TK = self.select(scores_TE.detach())  # (T, K)
             gates_TK = scores_TE.gather(1, topk_TK)  # (T, K) unbiased scores
-            if self.normalize_gates:
+            if self.semantics.normalise_gates(self.top_k, self.normalize_gates):
                 gates_TK = gates_TK / (gates_TK.sum(-1, keepdim=True) + 1e-20)
             gates_TK = gates_TK * self.route_scale
         if self.counting():
