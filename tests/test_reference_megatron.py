@@ -212,7 +212,7 @@ def test_sign_update_equals_megatron(monkeypatch):
     balancer.init_biases(model)
     router = model.routers()[0]
     bias = torch.zeros(E)
-    for step in range(5):
+    for _ in range(5):
         loads = torch.tensor(rng.multinomial(K * 64, np.linspace(2, 1, E) / np.linspace(2, 1, E).sum()))
         loads[:3] = K * 64 // E  # exact ties with the mean: sign 0
         loads[3] += (K * 64 - int(loads.sum()))  # keep sum = K T
