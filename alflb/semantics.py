@@ -125,3 +125,113 @@ def get_semantics(name: str | Semantics | None = None) -> Semantics:
     if not isinstance(key, str) or key.lower() not in SEMANTICS:
         raise UnknownNameError(f"unknown semantics {name!r}: use one of {', '.join(SEMANTICS)}")
     return SEMANTICS[key.lower()]
+
+
+# ------------------------------------------------------------------ how much it matters
+
+
+def route_as(scores_TE: Any, bias_E: Any, k: int, semantics: str | Semantics | None = None, *,
+             n_groups: int = 1, topk_groups: int = 1) -> Any:
+    r"""Top-``k`` routing of ``scores + bias`` as ``semantics`` defines it, a bool ``(T, E)`` map.
+
+    .. math:: x_{i\cdot} = \operatorname{TopK}_k\big(\operatorname{mask}_G(\tilde s_{i\cdot} + p)\big)
+
+    where :math:`\tilde s` is ``s`` (or ``s`` rounded to bf16 under ``score_dtype =
+    "activation"``, as with bf16 logits in megatron-core) and :math:`\operatorname{mask}_G`
+    keeps the ``topk_groups`` groups with the largest sums of their top ``group_score_size``
+    biased scores (the rest ``-inf``). Computed in fp32 like the model's router; ties go to
+    the lowest indices. The router adds the bias ``p``; an overloaded expert's bias goes down.
+
+    >>> import numpy as np
+    >>> s = np.array([[0.9, 0.1, 0.8, 0.7, 0.6, 0.5]], dtype=np.float32)
+    >>> route_as(s, np.zeros(6), 2, "megatron", n_groups=3, topk_groups=1).astype(int).tolist()
+    [[1, 1, 0, 0, 0, 0]]
+    >>> route_as(s, np.zeros(6), 2, "deepseek_v3", n_groups=3, topk_groups=1).astype(int).tolist()
+    [[0, 0, 1, 1, 0, 0]]
+    """
+    import numpy as np
+
+    sem = get_semantics(semantics)
+    s = np.asarray(scores_TE, dtype=np.float32)
+    if sem.score_dtype == "activation":
+        import torch
+
+        s = torch.from_numpy(np.ascontiguousarray(s)).to(torch.bfloat16).float().numpy()
+    v = s + np.asarray(bias_E, dtype=np.float32)  # (T, E) fp32
+    T, E = v.shape
+    if n_groups > 1:
+        size = sem.group_score_size(k, topk_groups)
+        g = v.reshape(T, n_groups, E // n_groups)
+        score_TG = -np.sort(-g, axis=-1)[..., :size].sum(-1)
+        keep_TG = np.argsort(-score_TG, axis=-1, kind="stable")[:, :topk_groups]
+        drop = np.ones((T, n_groups), dtype=bool)
+        np.put_along_axis(drop, keep_TG, False, axis=1)
+        v = np.where(drop[:, :, None], -np.inf, g).reshape(T, E)
+    idx = np.argsort(-v, axis=-1, kind="stable")[:, :k]
+    out = np.zeros((T, E), dtype=bool)
+    np.put_along_axis(out, idx, True, axis=1)
+    return out
+
+
+def semantics_effects(scores_NTE: Any, k: int, *, u: float = 1e-3, n_groups: int = 1, topk_groups: int = 1,
+                      variants: dict[str, Semantics] | None = None) -> list[dict[str, Any]]:
+    r"""How much each semantics changes a causal sign-rule run on the same score stream.
+
+    For every variant, the bias starts at 0; each batch ``n`` is routed with
+    :func:`route_as` and the bias then moves by the variant's sign step (centred where
+    it centres; target ``K T / E`` or the fp32 mean). Rows, against the default
+    (``deepseek_v3``) run: ``routed_differently`` (fraction of tokens whose expert set
+    differs, all steps), ``load_l1`` (mean over steps of ``sum_k |A_k - A^0_k| / (K T)``),
+    ``maxvio`` (mean of ``(max A - mean A) / mean A`` over the second half), ``regret``
+    (static regret :math:`\sum_n f_n(p^n) - \min_p \sum_n f_n(p)` of the batch duals,
+    :func:`alflb.regret.static_regret`; the dual knows no groups),
+    and ``aux_counted_differently`` (fraction of tokens whose auxiliary-loss counts differ
+    from the default's reading: the selected experts versus the unbiased top-K).
+    """
+    import numpy as np
+
+    from .metrics import max_violation
+    from .problem import balanced_capacity
+    from .regret import batch_dual, pooled_optimum, static_regret
+
+    scores = np.asarray(scores_NTE, dtype=np.float32)
+    N, T, E = scores.shape
+    cap = np.asarray(balanced_capacity(T, E, k), dtype=np.float64)
+    pooled = pooled_optimum(scores.astype(np.float64), k, cap)
+    variants = variants or dict(SEMANTICS)
+    base = get_semantics(DEFAULT_SEMANTICS)
+    runs: dict[str, dict[str, Any]] = {}
+    for name, sem in {"deepseek_v3": base, **variants}.items():
+        bias = np.zeros(E, dtype=np.float32)
+        maps, loads, f = [], [], []
+        for n in range(N):
+            x = route_as(scores[n], bias, k, sem, n_groups=n_groups, topk_groups=topk_groups)
+            load = x.sum(0)
+            maps.append(x)
+            loads.append(load)
+            f.append(batch_dual(scores[n].astype(np.float64), bias.astype(np.float64), k, cap))
+            target = np.float32(load.astype(np.float32).sum() / np.float32(E)) if sem.target == "mean_fp32" \
+                else k * T / E
+            step = (np.float32(u) * np.sign(np.float32(target) - load.astype(np.float32))).astype(np.float32)
+            if sem.centre:
+                step = step - step.mean(dtype=np.float32)
+            bias = (bias + step).astype(np.float32)
+        aux_map = [np.zeros((T, E), bool) for _ in range(N)]
+        for n in range(N):  # what the auxiliary losses count under this reading
+            aux_map[n] = maps[n] if sem.aux_counts == "selected" else route_as(scores[n], np.zeros(E), k, "deepseek_v3")
+        runs[name] = {"maps": maps, "loads": np.array(loads), "f": np.array(f), "aux": aux_map}
+    ref = runs["deepseek_v3"]
+    rows = []
+    for name in variants:
+        r = runs[name]
+        diff = np.mean([(a != b).any(1).mean() for a, b in zip(r["maps"], ref["maps"])])
+        aux = np.mean([(a != b).any(1).mean() for a, b in zip(r["aux"], ref["aux"])])
+        rows.append({
+            "semantics": name,
+            "routed_differently": float(diff),
+            "load_l1": float(np.abs(r["loads"] - ref["loads"]).sum(1).mean() / (k * T)),
+            "maxvio": float(np.mean(max_violation(r["loads"][N // 2:]))),
+            "regret": static_regret(r["f"], pooled),
+            "aux_counted_differently": float(aux),
+        })
+    return rows
