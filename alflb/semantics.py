@@ -144,9 +144,9 @@ def route_as(scores_TE: Any, bias_E: Any, k: int, semantics: str | Semantics | N
 
     >>> import numpy as np
     >>> s = np.array([[0.9, 0.1, 0.8, 0.7, 0.6, 0.5]], dtype=np.float32)
-    >>> route_as(s, np.zeros(6), 2, "megatron", n_groups=3, topk_groups=1).astype(int).tolist()
-    [[1, 1, 0, 0, 0, 0]]
-    >>> route_as(s, np.zeros(6), 2, "deepseek_v3", n_groups=3, topk_groups=1).astype(int).tolist()
+    >>> route_as(s, np.zeros(6), 2, "megatron", n_groups=3, topk_groups=2).astype(int).tolist()
+    [[1, 0, 1, 0, 0, 0]]
+    >>> route_as(s, np.zeros(6), 2, "deepseek_v3", n_groups=3, topk_groups=2).astype(int).tolist()
     [[0, 0, 1, 1, 0, 0]]
     """
     import numpy as np
