@@ -332,8 +332,8 @@ class Router(nn.Module):
         return biased_TE.topk(self.top_k, dim=-1).indices  # (T, K)
 
     def forward(self, x_TD: torch.Tensor, batch_size: int = 1) -> RouterOutput:
-        dev = x_TD.device.type
-        act = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_TD.dtype  # the logits' dtype
+        dev, act = x_TD.device.type, x_TD.dtype  # act: the logits' dtype (autocast's, if on)
+        act = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else act
         with torch.autocast(device_type=dev, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())  # (T, E) fp32
             if self.score_func == "sigmoid":
@@ -341,8 +341,7 @@ class Router(nn.Module):
             else:
                 scores_TE = torch.softmax(logits_TE, dim=-1)
             if self.semantics.score_dtype == "activation":
-                # megatron-core 0.16.1 casts the fp32 scores back to the logits' dtype before
-                # adding the fp32 bias: selection and gates see the rounded scores.
+                # megatron-core casts the scores to the logits' dtype before adding the bias
                 scores_TE = scores_TE.to(act).float()  # (T, E) rounded, fp32
             topk_TK = self.select(scores_TE.detach())  # (T, K)
             gates_TK = scores_TE.gather(1, topk_TK)  # (T, K) unbiased scores
