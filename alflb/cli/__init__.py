@@ -16,7 +16,8 @@ from ..errors import AlflbError
 __all__ = ["build_parser", "main"]
 
 # Order is the order shown by --help.
-SUBCOMMANDS = ("demo", "solve", "check", "simulate", "train", "sweep", "compare", "ep", "audit", "advise")
+SUBCOMMANDS = ("demo", "solve", "check", "simulate", "train", "sweep", "compare", "ep", "audit",
+               "advise", "semantics_diff")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,10 @@ Modes (``BalanceConfig.mode``):
 
     with ``A_k`` the hard count of the micro-batch and ``pi`` the router probabilities:
     the softmax scores, or for sigmoid scores ``s_ik / sum_j s_ij`` (as [V3] normalises).
+    Which experts ``A_k`` counts is the model's semantics (:mod:`alflb.semantics`): by
+    default ([V3] eq. 18, Megatron-core) the top-K of the *unbiased* scores with no group
+    limit; under ``semantics="alflb"`` the experts actually selected (biased,
+    group-limited). With a zero bias and no groups the two coincide.
     ``alpha = 1e-3`` by default ([W]). Balanced routing gives the value ``alpha``.
 ``seq_aux``
     DeepSeek-V3's sequence-wise loss: the same per sequence, averaged over sequences;
@@ -23,15 +27,21 @@ Modes (``BalanceConfig.mode``):
     Global-batch loss [Q]: ``f_k`` from the counts summed over the micro-batches of the
     optimiser step so far and over data-parallel ranks (Megatron-core's implementation:
     the running count, which equals the global-batch count at the last micro-batch),
-    ``P_k`` from the current micro-batch; ``alpha = 1e-3`` by default.
+    ``P_k`` from the current micro-batch; ``alpha = 1e-3`` by default. The divisor is
+    the semantics': all tokens counted so far (default), or Megatron's running count
+    divided by the number of micro-batches so far and by the micro-batch's tokens (the
+    two agree for equal micro-batches).
 any rule of :mod:`alflb.rules` (``sign``, ``centred``, ``uniform``, ``decay``, ``momentum``,
 ``multiplicative``, ``frozen_tail``, ``quantile``, ...)
     The bias update. Loads are counted over the whole global batch (every micro-batch of
     the optimiser step, training mode only) and the rule runs once per optimiser step,
     after ``optimizer.step()``, outside autograd, as the same pure function the simulator
     uses, ``rule.update(bias_E, load_E, capacity_E, state)`` with the balanced capacity
-    ``c_k = K T / E`` of the global batch (a float vector). ``seq_alpha > 0`` adds the
-    complementary sequence-wise loss ([V3] uses both).
+    ``c_k = K T / E`` of the global batch (a float vector; the fp32 mean of the counts
+    under the ``megatron`` and ``torchtitan`` semantics). ``seq_alpha > 0`` adds the
+    complementary sequence-wise loss ([V3] uses both). Under a semantics that centres
+    (``torchtitan``) the ``sign`` rule runs as ``centred``; under ``megatron``, quantile
+    balancing averages the per-micro-batch sweeps.
 
 Sign convention: the router adds the bias; an overloaded expert's bias goes down. The
 bias is an fp32 tensor, and the rule computes in fp32 (it keeps the bias's dtype).
@@ -64,6 +74,7 @@ import torch
 
 from .. import rules as _rules
 from ..errors import CorruptFileError, InvalidInputError, UnknownNameError
+from ..semantics import Semantics, get_semantics
 from .transformer import DeepSeekMoE, RouterOutput
 
 __all__ = [
@@ -145,14 +156,23 @@ def router_probs(scores_TE: torch.Tensor) -> torch.Tensor:
     return scores_TE / (scores_TE.sum(-1, keepdim=True) + 1e-20)  # (T, E)
 
 
+def aux_topk(routing: RouterOutput, semantics: Semantics | str | None = None) -> torch.Tensor:
+    """The experts the auxiliary losses count, ``(T, K)``: the top-K of the unbiased scores
+    with no group limit ([V3] eq. 18, Megatron), or the selected experts (``alflb``)."""
+    if get_semantics(semantics).aux_counts == "selected":
+        return routing.topk_TK
+    return routing.scores_TE.detach().topk(routing.topk_TK.shape[1], dim=-1).indices  # (T, K)
+
+
 def switch_aux_loss(routing: RouterOutput, counts_E: torch.Tensor | None = None,
-                    n_counted: int | None = None) -> torch.Tensor:
+                    n_counted: int | None = None, semantics: Semantics | str | None = None) -> torch.Tensor:
     r"""``E * sum_k f_k P_k`` of one layer (without alpha); 1 when perfectly balanced.
 
     ``counts_E`` / ``n_counted`` (tokens) replace the micro-batch's own hard counts, as the
-    global-batch loss does.
+    global-batch loss does. ``semantics`` picks which experts are counted (:func:`aux_topk`).
     """
-    scores_TE, topk_TK = routing.scores_TE, routing.topk_TK
+    scores_TE = routing.scores_TE
+    topk_TK = aux_topk(routing, semantics)
     T, E = scores_TE.shape
     K = topk_TK.shape[1]
     if counts_E is None:
@@ -163,9 +183,14 @@ def switch_aux_loss(routing: RouterOutput, counts_E: torch.Tensor | None = None,
     return E * (f_E * P_E).sum()
 
 
-def sequence_aux_loss(routing: RouterOutput) -> torch.Tensor:
-    """The same per sequence, averaged over the ``B`` sequences ([V3] eq. 17-20, without alpha)."""
-    scores_TE, topk_TK = routing.scores_TE, routing.topk_TK
+def sequence_aux_loss(routing: RouterOutput, semantics: Semantics | str | None = None) -> torch.Tensor:
+    """The same per sequence, averaged over the ``B`` sequences ([V3] eq. 17-20, without alpha).
+
+    By default ``f`` counts the top-K of the unbiased scores with no group limit, as
+    [V3] eq. 18 defines it; ``semantics="alflb"`` counts the selected experts.
+    """
+    scores_TE = routing.scores_TE
+    topk_TK = aux_topk(routing, semantics)
     T, E = scores_TE.shape
     K = topk_TK.shape[1]
     B = routing.batch_size
@@ -209,7 +234,11 @@ class Balancer:
     def __init__(self, cfg: BalanceConfig, model: DeepSeekMoE, *,
                  reduce_counts: CountReducer | None = None) -> None:
         self.cfg = cfg
+        self.semantics = get_semantics(model.cfg.semantics)
         self.rule = cfg.make_rule()
+        if self.semantics.centre and type(self.rule) is _rules.SignRule:
+            # torchtitan centres every sign step (routing is unchanged, the bias stops drifting)
+            self.rule = _rules.CentredSignRule(u=self.rule.u, schedule=self.rule.schedule)
         self.reduce_counts = reduce_counts or _local_counts
         routers = model.routers()
         self.n_layers = len(routers)
@@ -219,6 +248,8 @@ class Balancer:
         self.states: list[_rules.RuleState | None] = [None] * self.n_layers
         self._scores: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
         self._tokens = 0
+        self._micro_batches = 0
+        self._aux_counts: torch.Tensor | None = None  # (L, E) running counts of aux_topk (global_aux)
 
     def init_biases(self, model: DeepSeekMoE) -> None:
         """Set every router's bias to the rule's starting bias (zeros; ones if multiplicative)."""
@@ -232,28 +263,73 @@ class Balancer:
         model.reset_loads()
         self._scores = [[] for _ in range(self.n_layers)]
         self._tokens = 0
+        self._micro_batches = 0
+        self._aux_counts = None
 
     def loss(self, routing: list[RouterOutput], model: DeepSeekMoE) -> torch.Tensor | None:
         """The balancing loss of one micro-batch, summed over MoE layers (None if none)."""
         n_tokens = routing[0].scores_TE.shape[0] if routing else 0
         self._tokens += n_tokens
+        self._micro_batches += 1
+        sem = self.semantics
         if self.rule is not None and self.rule.needs_scores:
             for i, r in enumerate(routing):
                 self._scores[i].append(r.scores_TE.detach())
         mode, alpha = self.cfg.mode, self.cfg.loss_alpha
         terms: list[torch.Tensor] = []
         if mode == "aux":
-            terms = [alpha * switch_aux_loss(r) for r in routing]
+            terms = [alpha * switch_aux_loss(r, semantics=sem) for r in routing]
         elif mode == "seq_aux":
-            terms = [alpha * sequence_aux_loss(r) for r in routing]
+            terms = [alpha * sequence_aux_loss(r, sem) for r in routing]
         elif mode == "global_aux":
-            # The routers have counted this micro-batch already (counting happens in forward);
-            # with data parallelism the running counts are summed over ranks (one all-reduce).
-            counts_LE, n_counted = self.reduce_counts(model.loads(), self._tokens)
-            terms = [alpha * switch_aux_loss(r, counts_LE[i], n_counted) for i, r in enumerate(routing)]
+            terms = self._global_aux_terms(routing, model, n_tokens, alpha)
         elif self.cfg.seq_alpha > 0:
-            terms = [self.cfg.seq_alpha * sequence_aux_loss(r) for r in routing]
+            terms = [self.cfg.seq_alpha * sequence_aux_loss(r, sem) for r in routing]
         return torch.stack(terms).sum() if terms else None
+
+    def _global_aux_terms(self, routing: list[RouterOutput], model: DeepSeekMoE, n_tokens: int,
+                          alpha: float) -> list[torch.Tensor]:
+        """The global-batch loss of every layer for this micro-batch (running counts)."""
+        sem = self.semantics
+        if sem.aux_counts == "selected":
+            # The routers have counted this micro-batch already (counting happens in forward).
+            running_LE = model.loads()
+        else:
+            with torch.no_grad():
+                now_LE = torch.stack([torch.bincount(aux_topk(r, sem).reshape(-1), minlength=self.n_experts)
+                                      for r in routing])  # (L, E) this micro-batch
+            self._aux_counts = now_LE if self._aux_counts is None else self._aux_counts + now_LE
+            running_LE = self._aux_counts
+        if sem.global_aux_divisor == "tokens":
+            # with data parallelism the running counts are summed over ranks (one all-reduce)
+            counts_LE, n_counted = self.reduce_counts(running_LE, self._tokens)
+        else:
+            # Megatron-core: the running count divided by the micro-batches so far, over the
+            # (rank-summed) tokens of this micro-batch.
+            counts_LE, n_counted = self.reduce_counts(running_LE, n_tokens)
+            counts_LE = counts_LE.to(torch.float32) / self._micro_batches
+        return [alpha * switch_aux_loss(r, counts_LE[i], n_counted, sem) for i, r in enumerate(routing)]
+
+    def _capacity(self, loads_E: torch.Tensor) -> np.ndarray:
+        """The rule's target load per expert: ``K T / E`` or the fp32 mean of the counts."""
+        if self.semantics.target == "mean_fp32":
+            mean = loads_E.to(torch.float32).sum() / self.n_experts  # as Megatron and torchtitan compute it
+            return np.full(self.n_experts, float(mean))
+        n_tokens = int(loads_E.sum()) // self.top_k
+        return np.full(self.n_experts, self.top_k * n_tokens / self.n_experts)
+
+    def _quantile_micro_mean(self, bias_E: torch.Tensor, chunks: list[torch.Tensor],
+                             state: _rules.RuleState | None) -> Any:
+        """Megatron's reading: one sweep per micro-batch from the same bias, averaged."""
+        outs = []
+        for chunk in chunks:
+            scores = chunk.cpu().double().numpy()
+            T = scores.shape[0]
+            cap = np.full(self.n_experts, self.top_k * T / self.n_experts)
+            load = np.full(self.n_experts, self.top_k * T / self.n_experts)
+            outs.append(self.rule.update(bias_E.clone(), load, cap, state, scores_TE=scores))
+        mean = np.mean([np.asarray(torch.as_tensor(o.bias_E).double()) for o in outs], axis=0)
+        return torch.as_tensor(mean), outs[-1].state
 
     @torch.no_grad()
     def end_step(self, model: DeepSeekMoE, loads_LE: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,9 +341,14 @@ class Balancer:
         """
         loads_LE = (model.loads() if loads_LE is None else loads_LE).clone()
         if self.rule is not None:
-            n_tokens = int(loads_LE[0].sum()) // self.top_k
-            capacity_E = np.full(self.n_experts, self.top_k * n_tokens / self.n_experts)
+            capacity_E = self._capacity(loads_LE[0])
+            micro_mean = (self.rule.needs_scores and self.rule.name == "quantile"
+                          and self.semantics.quantile_scope == "micro_batch_mean")
             for i, r in enumerate(model.routers()):
+                if micro_mean:
+                    bias, self.states[i] = self._quantile_micro_mean(r.expert_bias, self._scores[i], self.states[i])
+                    r.expert_bias.copy_(bias.to(torch.float32))
+                    continue
                 scores = torch.cat(self._scores[i]).cpu() if self.rule.needs_scores else None
                 if self.rule.needs_scores:
                     scores = scores.double().numpy()

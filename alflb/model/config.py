@@ -113,6 +113,7 @@ class ModelConfig:
     norm_eps: float = 1e-6  # RMSNorm epsilon
     init_std: float = 0.02  # normal init of weights; output projections are scaled down by depth
     dispatch: Dispatch = "auto"  # routed-expert compute: grouped matmul, or a loop over experts
+    semantics: str = "deepseek_v3"  # whose definitions where frameworks differ (alflb.semantics.SEMANTICS)
 
     def __post_init__(self) -> None:
         for name in (
@@ -145,6 +146,9 @@ class ModelConfig:
             )
         if self.dispatch not in ("auto", "grouped", "loop"):
             raise InvalidInputError(f"dispatch must be 'auto', 'grouped' or 'loop', got {self.dispatch!r}")
+        from ..semantics import get_semantics  # a leaf module; imported here to keep config light
+
+        object.__setattr__(self, "semantics", get_semantics(self.semantics).name)
         if self.n_groups > 1:
             if E % self.n_groups:
                 raise InvalidInputError(f"n_routed_experts={E} is not divisible by n_groups={self.n_groups}")
@@ -156,6 +160,12 @@ class ModelConfig:
             if not 1 <= self.topk_groups <= self.n_groups:
                 raise InvalidInputError(
                     f"topk_groups must satisfy 1 <= topk_groups <= n_groups={self.n_groups}, got {self.topk_groups}"
+                )
+            size = get_semantics(self.semantics).group_score_size(K, self.topk_groups)
+            if size > E // self.n_groups:
+                raise InvalidInputError(
+                    f"semantics {self.semantics!r} ranks groups by their top-{size} scores, more than the "
+                    f"{E // self.n_groups} experts of each of the n_groups={self.n_groups} groups"
                 )
             if K > self.topk_groups * (E // self.n_groups):
                 raise InvalidInputError(

@@ -29,7 +29,11 @@ Mechanics that the tests pin:
 - selection equals :func:`alflb.route_topk` of ``(scores, bias)`` whenever the K-th and
   (K+1)-th biased scores differ (``torch.topk`` breaks exact ties arbitrarily);
 - group-limited routing masks the dropped groups with ``-inf`` (never 0), so a large
-  negative bias can never select a masked expert.
+  negative bias can never select a masked expert;
+- where the frameworks differ, ``cfg.semantics`` (:mod:`alflb.semantics`) decides: how
+  many of a group's top biased scores rank it (2, or Megatron's ``K // topk_groups``),
+  whether a single gate (``K = 1``) is normalised, and whether the scores are rounded to
+  the router input's dtype before the bias is added (megatron-core 0.16.1).
 
 Routed experts are computed grouped by expert: the ``T*K`` (token, expert) slots are
 sorted by expert id and each expert's contiguous block is multiplied by its weights
@@ -46,7 +50,6 @@ References
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
+from ..semantics import get_semantics
 from .config import SCORE_FUNCS, ModelConfig
+from .experts import RoutedExperts
 
 __all__ = [
     "Attention",
@@ -147,95 +152,6 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(a) * b)  # (..., D)
 
 
-class _GroupedLinear(torch.autograd.Function):
-    """``y[rows of group e] = x[rows of group e] @ w[e].T`` with ``grouped_mm`` both ways.
-
-    ``torch.nn.functional.grouped_mm``'s own backward rejects CPU tensors in torch 2.13,
-    so forward and both gradients are written out here (each is one grouped matmul).
-    """
-
-    @staticmethod
-    def forward(ctx, x_MI: torch.Tensor, w_EOI: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x_MI, w_EOI, offs_E)
-        return F.grouped_mm(x_MI, w_EOI.transpose(-2, -1), offs=offs_E)  # (M, O)
-
-    @staticmethod
-    def backward(ctx, grad_MO: torch.Tensor):
-        x_MI, w_EOI, offs_E = ctx.saved_tensors
-        grad_MO = grad_MO.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.grouped_mm(grad_MO, w_EOI, offs=offs_E)  # (M, I)
-        if ctx.needs_input_grad[1]:
-            grad_w = F.grouped_mm(grad_MO.t(), x_MI, offs=offs_E)  # (E, O, I)
-        return grad_x, grad_w, None
-
-
-def grouped_linear(x_MI: torch.Tensor, w_EOI: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """Rows of ``x`` sorted by group (``counts_E`` rows each) times each group's ``w[e].T``."""
-    offs_E = torch.cumsum(counts_E, 0).to(torch.int32)
-    dtype = torch.get_autocast_dtype(x_MI.device.type) if torch.is_autocast_enabled(x_MI.device.type) else x_MI.dtype
-    with torch.autocast(device_type=x_MI.device.type, enabled=False):
-        return _GroupedLinear.apply(x_MI.to(dtype), w_EOI.to(dtype), offs_E)
-
-
-def looped_linear(x_MI: torch.Tensor, w_EOI: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """The same as :func:`grouped_linear` with a Python loop over experts (the peer)."""
-    # unbind, not w_EOI[e]: its backward stacks the E gradients once instead of adding E
-    # full-size zero-padded tensors.
-    outs = [xe @ w.t() for xe, w in zip(x_MI.split(counts_E.tolist(), dim=0), w_EOI.unbind(0))]
-    return torch.cat(outs, dim=0)  # (M, O)
-
-
-class RoutedExperts(nn.Module):
-    """``E`` fine-grained SwiGLU experts, stored stacked for grouped matmuls.
-
-    ``w13[e]`` is ``(2H, D)`` (gate and up, fused), ``w2[e]`` is ``(D, H)``.
-    """
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        E, D, H = cfg.n_routed_experts, cfg.d_model, cfg.expert_hidden
-        self.n_experts = E
-        self.w13 = nn.Parameter(torch.empty(E, 2 * H, D))
-        self.w2 = nn.Parameter(torch.empty(E, D, H))
-        self.dispatch = cfg.dispatch
-        self._grouped_failed = False
-
-    def _linear(self, x_MI: torch.Tensor, w_EOI: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        use_grouped = self.dispatch == "grouped" or (self.dispatch == "auto" and not self._grouped_failed)
-        if use_grouped:
-            try:
-                return grouped_linear(x_MI, w_EOI, counts_E)
-            except RuntimeError as exc:  # e.g. a CUDA build whose grouped_mm rejects fp32
-                if self.dispatch == "grouped":
-                    raise
-                warnings.warn(f"grouped_mm unavailable here ({exc}); using the per-expert loop", stacklevel=2)
-                self._grouped_failed = True
-        return looped_linear(x_MI, w_EOI, counts_E)
-
-    def forward(self, x_TD: torch.Tensor, topk_TK: torch.Tensor, gates_TK: torch.Tensor) -> torch.Tensor:
-        T, D = x_TD.shape
-        K = topk_TK.shape[1]
-        expert_S = topk_TK.reshape(-1)  # (S,) slots S = T*K; slot t*K + j is token t's j-th expert
-        order_S = torch.argsort(expert_S, stable=True)  # slots grouped by expert id
-        token_S = order_S // K  # (S,) the token of each sorted slot
-        counts_E = torch.bincount(expert_S, minlength=self.n_experts)  # (E,)
-        # Gather by index_select (its backward is one index_add_) and scatter back with
-        # index_add (its backward is one index_select): two (S, D) passes each way.
-        x_SD = x_TD.index_select(0, token_S)  # (S, D) tokens in expert order
-        a, b = self._linear(x_SD, self.w13, counts_E).chunk(2, dim=-1)  # (S, H) each
-        # The gate multiplies the expert's output; W2 is linear, so it is applied to the
-        # narrower hidden activation instead: g * W2 h = W2 (g h).
-        gates_S1 = gates_TK.reshape(-1).index_select(0, order_S).unsqueeze(1).to(a.dtype)  # (S, 1)
-        y_SD = self._linear(F.silu(a) * b * gates_S1, self.w2, counts_E)  # (S, D) expert order
-        out_TD = torch.zeros((T, D), dtype=y_SD.dtype, device=y_SD.device)
-        return out_TD.index_add(0, token_S, y_SD)  # (T, D) sum over each token's K experts
-
-
-# --------------------------------------------------------------------------- router
-
-
 def in_recomputation() -> bool:
     """True while the autograd engine runs a backward pass, where checkpointed layers
     recompute their forward (the test torch's own checkpointing uses)."""
@@ -272,6 +188,7 @@ class Router(nn.Module):
             cfg.score_func, cfg.normalize_gates, cfg.route_scale,
         )
         self.n_groups, self.topk_groups = cfg.n_groups, cfg.topk_groups
+        self.semantics = get_semantics(cfg.semantics)  # where the frameworks differ (alflb.semantics)
         # How the bias enters selection: "add" (scores + bias) or "mul" (scores * bias), as
         # the update rule declares (UpdateRule.capabilities().selection); the Balancer sets it.
         self.selection = "add"
@@ -317,7 +234,8 @@ class Router(nn.Module):
         if self.n_groups > 1:
             T, E = biased_TE.shape
             grouped_TGn = biased_TE.view(T, self.n_groups, E // self.n_groups)  # (T, G, E/G)
-            group_score_TG = grouped_TGn.topk(2, dim=-1).values.sum(-1)  # (T, G) top-2 sum
+            size = self.semantics.group_score_size(self.top_k, self.topk_groups)
+            group_score_TG = grouped_TGn.topk(size, dim=-1).values.sum(-1)  # (T, G) top-`size` sum
             keep_TG = group_score_TG.topk(self.topk_groups, dim=-1).indices  # (T, topk_groups)
             drop_TG = torch.ones_like(group_score_TG, dtype=torch.bool).scatter_(1, keep_TG, False)
             # -inf, never 0: a masked expert must lose against any finite biased score.
@@ -325,12 +243,17 @@ class Router(nn.Module):
         return biased_TE.topk(self.top_k, dim=-1).indices  # (T, K)
 
     def forward(self, x_TD: torch.Tensor, batch_size: int = 1) -> RouterOutput:
-        with torch.autocast(device_type=x_TD.device.type, enabled=False):
+        dev, act = x_TD.device.type, x_TD.dtype  # act: the logits' dtype (autocast's, if on)
+        act = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else act
+        with torch.autocast(device_type=dev, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())  # (T, E) fp32
             scores_TE = SCORE_FUNCS[self.score_func](logits_TE)  # (T, E) fp32
+            if self.semantics.score_dtype == "activation":
+                # megatron-core casts the scores to the logits' dtype before adding the bias
+                scores_TE = scores_TE.to(act).float()  # (T, E) rounded, fp32
             topk_TK = self.select(scores_TE.detach())  # (T, K)
             gates_TK = scores_TE.gather(1, topk_TK)  # (T, K) unbiased scores
-            if self.normalize_gates:
+            if self.semantics.normalise_gates(self.top_k, self.normalize_gates):
                 gates_TK = gates_TK / (gates_TK.sum(-1, keepdim=True) + 1e-20)
             gates_TK = gates_TK * self.route_scale
         if self.counting():
