@@ -142,7 +142,7 @@ def _run_serial(tasks, bar, n_workers, scheduler, folder=None) -> list[dict[str,
 def _stop_pool(pool: Any) -> None:
     # Interrupted: cancel the queued runs and stop the running ones now. Their finished
     # (policy, seed) arrays are on disk, so a resumed sweep continues where they stopped.
-    processes = list(getattr(pool, "_processes", None) or {}.values())
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         if proc.is_alive():
