@@ -44,7 +44,7 @@ def test_overwrite_refuses_a_folder_alflb_did_not_create(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "thesis.tex").write_text("years of work")
-    with pytest.raises(RunFolderExistsError, match="no .alflb-run.json, so alflb did not create it"):
+    with pytest.raises(RunFolderExistsError, match=r"no \.alflb-run\.json, so alflb did not create it"):
         alflb.simulate(_cfg(), folder, overwrite=True)
     assert [p.name for p in folder.iterdir()] == ["thesis.tex"]
 

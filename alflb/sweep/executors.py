@@ -143,6 +143,11 @@ def _stop_pool(pool: Any) -> None:
     # Interrupted: cancel the queued runs and stop the running ones now. Their finished
     # (policy, seed) arrays are on disk, so a resumed sweep continues where they stopped.
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    call_queue = getattr(pool, "_call_queue", None)
+    if call_queue is not None:
+        # Tasks still in the pipe to the dead workers must not block the pool's own
+        # shutdown (its manager thread joins the queue's feeder thread at exit).
+        call_queue.cancel_join_thread()
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         if proc.is_alive():

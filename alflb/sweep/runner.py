@@ -23,7 +23,7 @@ from .._validate import choice, positive_int
 from ..errors import InvalidInputError
 from ..runio import atomic_write_json, atomic_write_text, open_run_folder
 from ..simulator.loop import check_simulation_memory
-from .executors import EXECUTORS, RUNNERS, read_done
+from .executors import EXECUTORS, RUNNERS, _dask_client, read_done
 from .grid import SweepConfig
 from .result import RunFailure, RunRecord, SweepResult, _markdown, summary_rows
 
@@ -95,9 +95,17 @@ def run_sweep(
         n_workers = positive_int(n_workers, "n_workers")
     for run in sweep.runs:
         check_simulation_memory(run.config)
-    with open_run_folder(out, command="sweep", resume=resume and not overwrite, overwrite=overwrite,
-                         marker=SWEEP_JSON, kind="a sweep folder") as folder:
-        return _run_sweep(sweep, folder, executor, scheduler, n_workers, plot, progress)
+    to_close: list[Any] = []
+    if executor == "dask" and isinstance(scheduler, str) and scheduler != "local-cluster":
+        # Reach the scheduler before touching the folder: a bad address leaves nothing behind.
+        scheduler, to_close = _dask_client(scheduler, n_workers)
+    try:
+        with open_run_folder(out, command="sweep", resume=resume and not overwrite,
+                             overwrite=overwrite, marker=SWEEP_JSON, kind="a sweep folder") as folder:
+            return _run_sweep(sweep, folder, executor, scheduler, n_workers, plot, progress)
+    finally:
+        for obj in to_close:
+            obj.close()
 
 
 def _run_sweep(sweep, folder, executor, scheduler, n_workers, plot, progress) -> SweepResult:
