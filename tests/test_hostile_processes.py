@@ -54,8 +54,14 @@ def _session_members(sid: int) -> list[int]:
 
 def _start(out: Path, steps: int = 4000) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen(_sweep_cmd(out, steps), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=env)
+    # A child inherits an ignored SIGINT (some earlier test or library may leave the test
+    # process so); start it with the default handling, as a shell does for a foreground job.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(_sweep_cmd(out, steps), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while len(worker_pids(out)) < 2:
         if proc.poll() is not None or time.monotonic() > deadline:
