@@ -56,6 +56,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +170,10 @@ def prefix_grid(n_steps: int, n_points: int = 12) -> np.ndarray:
     """
     if n_steps < 1 or n_points < 1:
         raise InvalidInputError(f"need n_steps >= 1 and n_points >= 1, got {n_steps}, {n_points}")
+    if n_steps == 1 or (n_points > 1 and n_steps * math.expm1(math.log(n_steps) / (n_points - 1)) < 1):
+        # Consecutive points are less than 1 apart: the rounded grid is every integer
+        # 1..N, whatever n_points is (so a huge n_points allocates nothing).
+        return np.arange(1, n_steps + 1, dtype=np.int64)
     grid = np.unique(np.round(np.geomspace(1, n_steps, n_points)).astype(np.int64))
     return np.union1d(grid, [n_steps]).astype(np.int64)
 

@@ -52,6 +52,7 @@ class Case:
     match: str = ""  # regex the message must match
     check: Callable[[Any], None] | None = None  # for error=None: asserts on the result
     note: str = ""  # extra text for the table
+    exit: int | None = None  # a command-line row: call returns (status, stderr); one line, no traceback
 
 
 # ------------------------------------------------------------------ small builders
@@ -173,6 +174,201 @@ def _exactly_k_per_row(k):
 
 def _certified(res):
     assert res.success and res.certificate.ok and np.isfinite(res.objective)
+
+
+# ------------------------------------------------------------------ command-line rows
+SIM = ["simulate", "--steps", "2", "--tokens", "8", "--experts", "4", "--k", "1", "--seeds", "1",
+       "--no-regret", "--quiet", "--no-plot"]
+SWEEP = ["sweep", "--steps", "2", "--tokens", "8", "--experts", "4", "--k", "1", "--seeds", "1",
+         "--no-regret", "--executor", "serial", "--quiet"]
+
+
+def _run_cli(ctx, argv: list[str]) -> tuple[int, str]:
+    """Run ``alflb ARGV`` in ``ctx.tmp_path``; the exit status and what it wrote to stderr."""
+    import contextlib
+    import io
+
+    from alflb.cli import main
+
+    ctx.monkeypatch.chdir(ctx.tmp_path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main([str(a) for a in argv])
+    return status, err.getvalue()
+
+
+def _cli(id: str, bad: str, argv: Callable[[Any], list[str]] | list[str], match: str,
+         note: str = "") -> Case:
+    """A row whose command must exit 2 with one line matching ``match`` (no traceback)."""
+    command = (argv if isinstance(argv, list) else ["sweep" if "sweep" in id else "simulate"])[0]
+    make = argv if callable(argv) else (lambda ctx: argv)
+    return Case(id, "command line", f"alflb {command}", bad, lambda ctx: _run_cli(ctx, make(ctx)),
+                None, match, note=note, exit=2)
+
+
+def _sim_run(ctx, name: str = "r", *extra) -> Path:
+    assert _run_cli(ctx, [*SIM, *extra, "--out", name])[0] == 0
+    return ctx.tmp_path / name
+
+
+def _symlink(ctx, name: str, target: str) -> str:
+    (ctx.tmp_path / name).symlink_to(target)
+    return name
+
+
+def _forged_npz(ctx) -> str:
+    import zipfile
+
+    buf = __import__("io").BytesIO()
+    np.save(buf, np.zeros(3, np.float32))
+    raw = buf.getvalue()
+    header = raw[10:10 + int.from_bytes(raw[8:10], "little")]
+    forged = header.replace(b"(3,)", b"(900000000000,)")[: len(header) - 1].ljust(len(header) - 1) + b"\n"
+    path = ctx.tmp_path / "forged.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("scores_NLTE.npy", raw[:10] + forged + raw[10 + len(header):])
+    assert path.stat().st_size < 400
+    return "forged.npz"
+
+
+def _trace_file(ctx, name: str = "t.npz", seed: int = 0) -> str:
+    scores = np.random.default_rng(seed).random((4, 1, 8, 4), dtype=np.float32)
+    alflb.save_trace(ctx.tmp_path / name, scores)
+    return name
+
+
+def _changed_trace(ctx) -> list[str]:
+    trace = _trace_file(ctx)
+    args = ["simulate", "--trace", trace, "--k", "1", "--no-regret", "--quiet", "--no-plot"]
+    assert _run_cli(ctx, [*args, "--out", "r"])[0] == 0
+    (ctx.tmp_path / "r" / "arrays" / "run_sign_seed000.npz").unlink()
+    _trace_file(ctx, seed=1)
+    return [*args, "--out", "r", "--resume"]
+
+
+def _copied_run(ctx) -> list[str]:
+    import shutil
+
+    arrays = _sim_run(ctx) / "arrays"
+    shutil.copy(arrays / "run_none_seed000.npz", arrays / "run_sign_seed000.npz")
+    (ctx.tmp_path / "r" / "summary.csv").unlink()
+    return [*SIM, "--out", "r", "--resume"]
+
+
+def _locked(ctx, argv: list[str]) -> list[str]:
+    from alflb.runio import RunLock
+
+    (ctx.tmp_path / "busy").mkdir()
+    lock = RunLock(ctx.tmp_path / "busy", command="simulate").acquire()
+    ctx.monkeypatch.setattr(lock, "release", lock.release)  # released when the test ends
+    return [*argv, "--out", "busy", "--resume"] if argv[0] == "simulate" else [*argv, "--out", "busy"]
+
+
+def _no_permission(ctx) -> list[str]:
+    def refuse(self, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    ctx.monkeypatch.setattr(Path, "mkdir", refuse)
+    return [*SIM, "--out", "ro/run"]
+
+
+CLI_CASES: list[Case] = [
+    _cli("cli-overwrite-foreign", "--overwrite on a folder alflb did not create",
+         lambda ctx: [*SIM, "--out", _full_folder(ctx).name, "--overwrite"],
+         r"refusing to overwrite taken: it holds files but no \.alflb-run\.json, so alflb did not create it",
+         note="was: the folder deleted recursively"),
+    _cli("cli-overwrite-cwd", "--out . --overwrite in a folder of other files",
+         lambda ctx: (_full_folder(ctx), ctx.monkeypatch.chdir(ctx.tmp_path / "taken"),
+                      [*SIM, "--out", ".", "--overwrite"])[2],
+         r"refusing to overwrite \.: .*alflb did not create it",
+         note="was: the working directory emptied, then a crash"),
+    _cli("cli-overwrite-symlink", "--overwrite on a symbolic link to a run folder",
+         lambda ctx: [*SIM, "--out", (_sim_run(ctx), _symlink(ctx, "link", "r"))[1], "--overwrite"],
+         r"refusing to overwrite link: it is a symbolic link \(to r\); pass the folder itself"),
+    _cli("cli-out-dangling-symlink", "--out is a dangling symbolic link",
+         lambda ctx: [*SIM, "--out", _symlink(ctx, "dangling", "nowhere")],
+         r"run folder dangling is a dangling symbolic link \(to nowhere\): remove it",
+         note="was: FileExistsError"),
+    _cli("cli-out-is-file", "--out names a file",
+         lambda ctx: [*SIM, "--out", (_corpus(ctx, "f.txt", b"x"), "f.txt")[1]],
+         r"run folder f\.txt exists and is not a folder"),
+    _cli("cli-out-under-file", "--out lies under a file", lambda ctx: [*SIM, "--out",
+         (_corpus(ctx, "f.txt", b"x"), "f.txt/run")[1]],
+         r"cannot create run folder f\.txt/run: f\.txt is a file, not a folder",
+         note="was: NotADirectoryError"),
+    _cli("cli-out-read-only", "--out in a folder it may not write", _no_permission,
+         r"Permission denied \(.*ro.*\): check the permissions of that path"),
+    _cli("cli-out-locked", "another process writes the same --out", lambda ctx: _locked(ctx, SIM),
+         r"run folder busy is being written by pid \d+ on .* \('alflb simulate', since",
+         note="was: both wrote the folder, mixing runs"),
+    _cli("cli-resume-trace-changed", "--resume after the trace file changed", _changed_trace,
+         r"cannot resume r: the trace file \(\w+ then, \w+ now\) changed since its results were written",
+         note="was: old and new runs mixed silently (static regret 2082 instead of 0.18)"),
+    _cli("cli-resume-copied-run", "--resume with a run file copied under another run's name",
+         _copied_run, r"run_sign_seed000\.npz holds policy 'none', not 'sign'.*copied or renamed",
+         note="was: loaded as the other run"),
+    _cli("cli-seed-negative", "--seed -1", [*SIM, "--seed", "-1", "--out", "o"],
+         r"seed must be an integer >= 0, got -1"),
+    _cli("cli-seeds-huge", "--seeds 10**12", [*SIM, "--seeds", str(10**12), "--out", "o"],
+         r"1000000000000 seeds .* needs about .* of memory, more than the .* available: use smaller sizes",
+         note="was: hung building 10**12 seed sequences"),
+    _cli("cli-steps-huge", "--steps 10**9", [*SIM, "--steps", str(10**9), "--out", "o"],
+         r"N=1000000000 steps x T=8 tokens x E=4 experts.* needs about .* GiB of memory",
+         note="was: MemoryError after minutes"),
+    _cli("cli-tokens-huge", "--tokens 10**8", ["simulate", "--tokens", str(10**8), "--steps", "100",
+                                               "--experts", "4", "--k", "1", "--out", "o"],
+         r"T=100000000 tokens .* needs about .* GiB of memory"),
+    _cli("cli-pseudo-batches-huge", "--pseudo-batches 10**12",
+         ["simulate", "--steps", "2", "--tokens", "8", "--experts", "4", "--k", "1",
+          "--pseudo-batches", str(10**12), "--out", "o"],
+         r"1000000000000 pseudo-batches needs about .* of memory"),
+    _cli("cli-prefix-points-huge", "--prefix-points 10**9",
+         [*SIM, "--prefix-points", str(10**9), "--out", "o"],
+         r"prefix_points must be at most 10000 \(each is one exact solve\)",
+         note="was: 8 GB allocated for the prefix grid"),
+    _cli("cli-trace-empty", "--trace of an empty file",
+         lambda ctx: ["simulate", "--trace", (_corpus(ctx, "e.npz", b""), "e.npz")[1], "--out", "o"],
+         r"e\.npz is empty, not an \.npz file: re-create the file or pass another one"),
+    _cli("cli-trace-dev-null", "--trace /dev/null", ["simulate", "--trace", "/dev/null", "--out", "o"],
+         r"/dev/null is not a regular file"),
+    _cli("cli-trace-folder", "--trace names a folder",
+         lambda ctx: ["simulate", "--trace", str(ctx.tmp_path), "--out", "o"], r"is not a regular file"),
+    _cli("cli-trace-npy", "--trace of an .npy file (not an .npz)",
+         lambda ctx: (np.save(ctx.tmp_path / "s.npy", np.zeros(3)),
+                      ["simulate", "--trace", "s.npy", "--out", "o"])[1],
+         r"s\.npy is not a readable \.npz file: BadZipFile.*re-create the file"),
+    _cli("cli-trace-forged-header", "a 300-byte trace whose header claims a 3.6 TB array",
+         lambda ctx: ["simulate", "--trace", _forged_npz(ctx), "--out", "o"],
+         r"member scores_NLTE\.npy\): its header claims an array of shape \(900000000000,\).*truncated or forged",
+         note="was: MemoryError"),
+    _cli("cli-trace-layer", "--layer beyond the trace's layers",
+         lambda ctx: ["simulate", "--trace", _trace_file(ctx), "--layer", "-1", "--out", "o"],
+         r"--layer -1 out of range: the trace has 1 layers"),
+    _cli("sweep-grid-alias-twice", "--grid n_tokens=... and --grid tokens=...",
+         [*SWEEP, "--grid", "n_tokens=8,16", "--grid", "tokens=8", "--out", "o"],
+         r"--grid n_tokens=\.\.\. and --grid tokens=\.\.\. set the same field n_tokens: keep one",
+         note="was: one of the two silently dropped"),
+    _cli("sweep-seeds-huge", "--seeds 10**9", [*SWEEP[:-4], "--seeds", str(10**9), "--out", "o"],
+         r"n_seeds must be at most 100000 in a sweep, got 1000000000"),
+    _cli("sweep-grid-huge", "a grid of more than 100000 runs",
+         [*SWEEP, "--grid", "u=" + ",".join(str(i / 1e6) for i in range(400)), "--grid",
+          "stream_params.sigma=" + ",".join(str(1 + i / 1e3) for i in range(300)), "--out", "o"],
+         r"the sweep has 120000 runs \(120000 grid points x 1 seeds\), more than 100000"),
+    _cli("sweep-overwrite-foreign", "--overwrite on a folder alflb did not create",
+         lambda ctx: [*SWEEP, "--out", _full_folder(ctx).name, "--overwrite"],
+         r"refusing to overwrite taken: .*alflb did not create it", note="was: deleted recursively"),
+    _cli("sweep-overwrite-simulate-folder", "--overwrite on a simulate run folder",
+         lambda ctx: [*SWEEP, "--out", _sim_run(ctx).name, "--overwrite"],
+         r"run folder r was made by 'alflb simulate', not 'alflb sweep'"),
+    _cli("sweep-locked", "another process writes the same --out", lambda ctx: _locked(ctx, SWEEP),
+         r"run folder busy is being written by pid \d+"),
+    _cli("sweep-dask-bad-address", "--scheduler with an unknown scheme",
+         [*SWEEP[:-3], "--scheduler", "foo://bar", "--quiet", "--out", "o"],
+         r"cannot reach the Dask scheduler at foo://bar: unknown address scheme 'foo'",
+         note="an unreachable tcp:// address fails the same way after 5 s"),
+    _cli("sweep-workers-zero", "--workers 0", [*SWEEP, "--executor", "local", "--workers", "0", "--out", "o"],
+         r"n_workers must be an integer >= 1, got 0"),
+]
 
 
 # ------------------------------------------------------------------ the table
@@ -446,6 +642,7 @@ CASES: list[Case] = [
     Case("folder-demo", "run folders", "alflb.cli.demo_report.run_demo(config, out)", "out already holds files",
          lambda ctx: _demo().run_demo(_demo().DemoConfig.quick(), _full_folder(ctx), log=None),
          RunFolderExistsError, r"already holds results"),
+    *CLI_CASES,
 ]
 
 
@@ -463,7 +660,8 @@ def render_table(cases: list[Case] = CASES) -> str:
                   "| id | call | bad input | raises | message matches | note |",
                   "|---|---|---|---|---|---|"]
         for c in (c for c in cases if c.area == area):
-            raises = "returns a valid result" if c.error is None else f"`{c.error.__name__}`"
+            raises = ("returns a valid result" if c.error is None and c.exit is None
+                      else f"exit {c.exit}, one line" if c.error is None else f"`{c.error.__name__}`")
             match = f"`{_cell(c.match)}`" if c.match else ""
             lines.append(
                 f"| `{c.id}` | `{_cell(c.entry)}` | {_cell(c.bad)} | {raises} | {match} | {_cell(c.note)} |"

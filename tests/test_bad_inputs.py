@@ -6,6 +6,8 @@ rendered from them, and :func:`test_docs_table_is_in_sync` keeps the two equal.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from bad_inputs_table import CASES, DOC, embedded_table, make_ctx, render_table
@@ -17,6 +19,12 @@ from alflb.errors import AlflbError
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path, monkeypatch)
+    if case.exit is not None:  # a command line: one line naming the problem, no traceback
+        status, err = case.call(ctx)
+        assert status == case.exit, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert re.search(case.match, err), (case.match, err)
+        return
     if case.error is None:
         case.check(case.call(ctx))
         return

@@ -10,6 +10,7 @@ import pytest
 
 from alflb.errors import CorruptFileError, InvalidInputError, RunFolderExistsError
 from alflb.runio import (
+    MARKER_NAME,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -93,7 +94,7 @@ def test_prepare_run_folder_refuse_resume_overwrite(tmp_path):
     prepare_run_folder(run, resume=True)
     assert (run / "result.txt").exists()
     prepare_run_folder(run, overwrite=True)
-    assert list(run.iterdir()) == []
+    assert [p.name for p in run.iterdir()] == [MARKER_NAME]
     with pytest.raises(InvalidInputError, match="exclude each other"):
         prepare_run_folder(run, resume=True, overwrite=True)
     (tmp_path / "file").write_text("x")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from ..errors import AlflbError
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
     except AlflbError as exc:  # documented errors: one line, no traceback
@@ -61,8 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, "not enough memory for this input: use smaller sizes "
                      "(--tokens, --steps, --experts) or a machine with more memory")
     except KeyboardInterrupt:
-        print(f"alflb {args.command}: interrupted", file=sys.stderr)
+        print(f"alflb {args.command}: interrupted; finished results are kept (resume to continue)",
+              file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _terminate_like_interrupt():
+    # SIGTERM stops a command the way Ctrl-C does: locks released, workers stopped, one line.
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        return None
 
 
 def _fail(command: str, message: str) -> int:

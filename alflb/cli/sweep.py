@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import InvalidInputError
 from ._args import key_value
 
 # Short names accepted in --grid, matching the size options of this command.
@@ -74,7 +75,15 @@ def run(args: argparse.Namespace) -> int:
     from ..simulator import SimulationConfig
     from ..sweep import SweepConfig, parse_grid, run_sweep
 
-    grid = {GRID_ALIASES.get(k, k): v for k, v in parse_grid(args.grid).items()}
+    grid: dict = {}
+    given: dict[str, str] = {}
+    for key, values in parse_grid(args.grid).items():
+        name = GRID_ALIASES.get(key, key)
+        if name in grid:
+            raise InvalidInputError(
+                f"--grid {given[name]}=... and --grid {key}=... set the same field {name}: keep one"
+            )
+        grid[name], given[name] = values, key
     base = SimulationConfig(
         stream=args.stream,
         stream_params=dict(args.stream_param),

@@ -16,7 +16,9 @@ from ..streams import ScoreStream, make_stream
 from .policy import Policy, make_policy
 from .spec import PolicySpec
 
-__all__ = ["SimulationConfig"]
+__all__ = ["MAX_PREFIX_POINTS", "SimulationConfig"]
+
+MAX_PREFIX_POINTS = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,13 @@ class SimulationConfig:
             raise InvalidInputError(f"k must satisfy 1 <= k <= E-1 = {self.n_experts - 1}, got {self.k}")
         for name, minimum in (("n_seeds", 1), ("seed", 0), ("prefix_points", 1), ("pseudo_batches", 0)):
             object.__setattr__(self, name, positive_int(getattr(self, name), name, minimum))
+        # Each prefix point is one exact pooled solve over the prefix: more points than
+        # steps add nothing (prefix_grid clips), more than this cost hours.
+        if self.prefix_points > MAX_PREFIX_POINTS:
+            raise InvalidInputError(
+                f"prefix_points must be at most {MAX_PREFIX_POINTS} (each is one exact solve), "
+                f"got {self.prefix_points}"
+            )
         if self.u is not None:
             try:
                 u = finite_float(self.u, "u", minimum=0.0)

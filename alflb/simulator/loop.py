@@ -36,16 +36,17 @@ import numpy as np
 from .._array import to_numpy
 from .._progress import progress
 from ..comparators import batch_optimum
-from ..errors import InvalidInputError
+from ..errors import CorruptFileError, InvalidInputError
 from ..problem import AssignmentProblem, balanced_capacity
 from ..regret import batch_dual, estimate_pstar, pooled_optimum, prefix_grid
+from ..runio import check_memory
 from .config import SimulationConfig
 from .policy import Policy, make_policy
 from .records import PolicyRun, SeedReference, empty_run_arrays
 from .result import SimulationResult
 from .runfolder import RunFolder
 
-__all__ = ["run_policy", "simulate"]
+__all__ = ["estimate_memory", "run_policy", "simulate"]
 
 _PSTAR_OFFSET = 1 << 40  # step offset of the independent p* sample (same distribution, fresh noise)
 _TICK = 64  # progress-bar update every _TICK steps
@@ -157,6 +158,31 @@ def run_policy(
                      scores_sum=scores_sum, **arrays)
 
 
+def estimate_memory(config: SimulationConfig) -> int:
+    """Bytes a simulation of ``config`` holds at its peak (an estimate, on the high side).
+
+    One seed's scores at a time (float32, plus a float64 copy for the exact comparators),
+    the independent ``p*`` sample, and every (policy, seed) run's per-step arrays, which
+    the result keeps.
+    """
+    n, t, e = config.n_steps, config.n_tokens, config.n_experts
+    per_score = 8 + (8 if config.regret else 0)
+    scores = n * t * e * per_score + config.pseudo_batches * t * e * 12
+    runs = config.n_seeds * (len(config.policies) + 1) * n * (e * 16 + 64)
+    return int(scores + runs + t * e * 64)
+
+
+def check_simulation_memory(config: SimulationConfig) -> None:
+    """Refuse, with one line naming the sizes, a simulation that cannot fit in memory."""
+    check_memory(
+        estimate_memory(config),
+        f"a simulation of N={config.n_steps} steps x T={config.n_tokens} tokens x "
+        f"E={config.n_experts} experts, {config.n_seeds} seeds x {len(config.policies)} policies"
+        + (f", {config.pseudo_batches} pseudo-batches" if config.pseudo_batches else ""),
+        "use smaller sizes (--steps, --tokens, --experts, --seeds, --pseudo-batches)",
+    )
+
+
 def simulate(
     config: SimulationConfig,
     out: str | Path | None = None,
@@ -193,7 +219,25 @@ def simulate(
     """
     if not isinstance(config, SimulationConfig):
         raise InvalidInputError(f"config must be a SimulationConfig, got {type(config).__name__}")
-    folder = None if out is None else RunFolder.open(out, config, resume=resume, overwrite=overwrite)
+    check_simulation_memory(config)
+    if out is None:
+        return _simulate(config, None, plot)
+    with RunFolder.locked(out, resume=resume, overwrite=overwrite) as path:
+        return _simulate(config, RunFolder.attach(path, config), plot)
+
+
+def _check_scores(folder: RunFolder, run: PolicyRun, scores_sum: float) -> None:
+    # A resumed run must come from the very scores this seed draws now.
+    if run.scores_sum != scores_sum:
+        raise CorruptFileError(
+            f"cannot resume {folder.path}: {folder.run_path(run.label, run.seed_index).name} was "
+            f"made from other scores (checksum {run.scores_sum!r}, now {scores_sum!r}): the "
+            "stream or its code changed; start again with overwrite=True (--overwrite) or in a "
+            "new folder"
+        )
+
+
+def _simulate(config: SimulationConfig, folder: RunFolder | None, plot: bool) -> SimulationResult:
     stream = config.make_stream()
     cap = config.capacity_E
     policies = config.make_policies()
@@ -219,6 +263,9 @@ def simulate(
                 continue
             scores_NTE = stream.sample(config.n_steps, config.n_tokens, config.n_experts, rng=seq)
             scores_sum = float(scores_NTE.sum(dtype=np.float64))
+            for (_label, seed_index), done in runs.items():
+                if seed_index == s and folder is not None:
+                    _check_scores(folder, done, scores_sum)
             if ref is None:
                 bar.set_postfix_str(f"seed {s}: exact comparators")
                 ref = compute_reference(config, s, seq, scores_NTE, need_batch)

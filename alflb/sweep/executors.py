@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlflbError, InvalidInputError, SolverUnavailableError
-from ..runio import atomic_write_json, read_json
+from ..runio import atomic_write_json, install_parent_death_signal, read_json, record_worker_pid
 from ..simulator import SimulationConfig, simulate
 from .grid import canonical_json
 
@@ -62,7 +63,13 @@ def _limit_threads() -> None:
         torch.set_num_threads(1)
 
 
-def _init_local_worker() -> None:
+def _init_local_worker(pids_folder: str | None = None) -> None:
+    # Die with the parent (SIGKILL of the sweep leaves no worker behind), leave Ctrl-C to
+    # the parent (it cancels the pool: no worker tracebacks), and say who we are.
+    install_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pids_folder is not None:
+        record_worker_pid(pids_folder)
     for name in _THREAD_ENV:
         os.environ[name] = "1"
     _limit_threads()
@@ -123,7 +130,7 @@ def _report(bar: Any, outcome: dict[str, Any]) -> None:
         bar.set_postfix_str(f"failed: {outcome['run_id']}")
 
 
-def _run_serial(tasks, bar, n_workers, scheduler) -> list[dict[str, Any]]:
+def _run_serial(tasks, bar, n_workers, scheduler, folder=None) -> list[dict[str, Any]]:
     out = []
     for task in tasks:
         outcome = run_task(task)
@@ -132,14 +139,33 @@ def _run_serial(tasks, bar, n_workers, scheduler) -> list[dict[str, Any]]:
     return out
 
 
-def _run_local(tasks, bar, n_workers, scheduler) -> list[dict[str, Any]]:
+def _stop_pool(pool: Any) -> None:
+    # Interrupted: cancel the queued runs and stop the running ones now. Their finished
+    # (policy, seed) arrays are on disk, so a resumed sweep continues where they stopped.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    call_queue = getattr(pool, "_call_queue", None)
+    if call_queue is not None:
+        # Tasks still in the pipe to the dead workers must not block the pool's own
+        # shutdown (its manager thread joins the queue's feeder thread at exit).
+        call_queue.cancel_join_thread()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _run_local(tasks, bar, n_workers, scheduler, folder=None) -> list[dict[str, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     workers = min(n_workers or os.cpu_count() or 1, len(tasks))
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_local_worker,
+        initializer=_init_local_worker, initargs=(None if folder is None else str(folder),),
     )
     out = []
     try:
@@ -152,7 +178,7 @@ def _run_local(tasks, bar, n_workers, scheduler) -> list[dict[str, Any]]:
             _report(bar, outcome)
             out.append(outcome)
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _stop_pool(pool)
         raise
     pool.shutdown(wait=True)
     return out
@@ -184,11 +210,21 @@ def _dask_client(scheduler: Any, n_workers: int | None):
             "n_workers applies to the local executor and to scheduler='local-cluster'; "
             f"the cluster at {scheduler} has its own workers"
         )
-    client = Client(scheduler)
+    try:
+        client = Client(scheduler, timeout=_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(
+            f"cannot reach the Dask scheduler at {scheduler}: {reason} (check the address, "
+            "e.g. tcp://HOST:8786, and that the scheduler runs)"
+        ) from None
     return client, [client]
 
 
-def _run_dask(tasks, bar, n_workers, scheduler) -> list[dict[str, Any]]:
+_CONNECT_TIMEOUT_S = 5  # seconds to reach a Dask scheduler before giving up
+
+
+def _run_dask(tasks, bar, n_workers, scheduler, folder=None) -> list[dict[str, Any]]:
     client, to_close = _dask_client(scheduler, n_workers)
     out = []
     try:

@@ -52,6 +52,7 @@ _STREAM_PARAM = "stream_params."
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9_.=+-]+")
 _SLUG_MAX = 64
 _HASH_LEN = 10
+_MAX_RUNS = 100_000  # a sweep of more runs is a typo (seeds=1e9), not an experiment
 
 
 # --------------------------------------------------------------------------- grid specs
@@ -145,10 +146,14 @@ def _point_id(config: SimulationConfig, values: Mapping[str, Any]) -> str:
 
 def _check_seeds(seeds: Any, base: SimulationConfig) -> tuple[int, ...]:
     if seeds is None:
+        if base.n_seeds > _MAX_RUNS:
+            raise InvalidInputError(f"n_seeds must be at most {_MAX_RUNS} in a sweep, got {base.n_seeds}")
         return tuple(range(base.seed, base.seed + base.n_seeds))
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         if seeds < 1:
             raise InvalidInputError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds!r}")
+        if seeds > _MAX_RUNS:
+            raise InvalidInputError(f"seeds must be at most {_MAX_RUNS}, got {seeds!r}")
         return tuple(range(int(seeds)))
     if isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Sequence):
         raise InvalidInputError(f"seeds must be a count or a list of non-negative integers, got {seeds!r}")
@@ -229,6 +234,14 @@ class SweepConfig:
             grid[key] = tuple(values)
         object.__setattr__(self, "grid", grid)
         seeds = _check_seeds(self.seeds, base)
+        n_runs = len(seeds)
+        for values in grid.values():
+            n_runs *= len(values)
+        if n_runs > _MAX_RUNS:
+            raise InvalidInputError(
+                f"the sweep has {n_runs} runs ({n_runs // len(seeds)} grid points x {len(seeds)} "
+                f"seeds), more than {_MAX_RUNS}: use fewer seeds or grid values"
+            )
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "_runs", self._expand())
 

@@ -21,8 +21,9 @@ from .._progress import progress as progress_bar
 from .._tables import csv_text
 from .._validate import choice, positive_int
 from ..errors import InvalidInputError
-from ..runio import atomic_write_json, atomic_write_text, prepare_run_folder
-from .executors import EXECUTORS, RUNNERS, read_done
+from ..runio import atomic_write_json, atomic_write_text, open_run_folder
+from ..simulator.loop import check_simulation_memory
+from .executors import EXECUTORS, RUNNERS, _dask_client, read_done
 from .grid import SweepConfig
 from .result import RunFailure, RunRecord, SweepResult, _markdown, summary_rows
 
@@ -92,8 +93,22 @@ def run_sweep(
         raise InvalidInputError(f"scheduler is used only by executor='dask', not {executor!r}")
     if n_workers is not None:
         n_workers = positive_int(n_workers, "n_workers")
-    folder = prepare_run_folder(out, resume=resume and not overwrite, overwrite=overwrite,
-                                marker=SWEEP_JSON, kind="a sweep folder")
+    for run in sweep.runs:
+        check_simulation_memory(run.config)
+    to_close: list[Any] = []
+    if executor == "dask" and isinstance(scheduler, str) and scheduler != "local-cluster":
+        # Reach the scheduler before touching the folder: a bad address leaves nothing behind.
+        scheduler, to_close = _dask_client(scheduler, n_workers)
+    try:
+        with open_run_folder(out, command="sweep", resume=resume and not overwrite,
+                             overwrite=overwrite, marker=SWEEP_JSON, kind="a sweep folder") as folder:
+            return _run_sweep(sweep, folder, executor, scheduler, n_workers, plot, progress)
+    finally:
+        for obj in to_close:
+            obj.close()
+
+
+def _run_sweep(sweep, folder, executor, scheduler, n_workers, plot, progress) -> SweepResult:
     (folder / "runs").mkdir(exist_ok=True)
     atomic_write_json(
         folder / SWEEP_JSON,
@@ -117,7 +132,7 @@ def run_sweep(
     bar = progress_bar(total=len(tasks), desc="sweep", unit="run",
                        enabled=None if progress and tasks else False)
     try:
-        outcomes = RUNNERS[executor](tasks, bar, n_workers, scheduler) if tasks else []
+        outcomes = RUNNERS[executor](tasks, bar, n_workers, scheduler, folder) if tasks else []
     finally:
         bar.close()
     by_id = {o["run_id"]: o for o in outcomes}
