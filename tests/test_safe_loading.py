@@ -57,7 +57,7 @@ def _trace_with_object_scores(path, marker):
 
 def test_trace_with_a_pickled_object_array(tmp_path, marker):
     path = _trace_with_object_scores(tmp_path / "evil.npz", marker)
-    with pytest.raises(CorruptFileError, match=r"not a readable \.npz file.*Object arrays cannot be loaded"):
+    with pytest.raises(CorruptFileError, match=r"holds an object array, which alflb never unpickles"):
         alflb.load_trace(path)
     with pytest.raises(CorruptFileError):
         load_npz(path)
@@ -68,7 +68,7 @@ def test_trace_with_a_pickled_object_array(tmp_path, marker):
 def test_npz_that_is_a_raw_pickle(tmp_path, marker):
     path = tmp_path / "evil.npz"
     path.write_bytes(pickle.dumps(Plant(marker)))
-    with pytest.raises(CorruptFileError, match=r"not a readable \.npz file.*pickled"):
+    with pytest.raises(CorruptFileError, match=r"not a readable \.npz file: BadZipFile"):
         alflb.load_trace(path)
 
 
