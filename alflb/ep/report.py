@@ -29,7 +29,8 @@ from ..metrics import balancedness, overload_factor
 from .placement import PLACEMENTS, Placement, make_placement, rank_load, redistribute
 from .timing import TimeModel, step_time
 
-__all__ = ["EXACT_MAX_EXPERTS", "PlacementReport", "compare_placements", "ep_columns"]
+__all__ = ["EXACT_MAX_EXPERTS", "PlacementReport", "compare_placements", "ep_columns",
+           "simulation_ep_rows"]
 
 EXACT_MAX_EXPERTS = 32  # the MIP of exact() is for small sizes
 
@@ -166,4 +167,41 @@ def compare_placements(load_NE: Any, n_ranks: int, n_nodes: int = 1,
             balanced_time_s=float(tb.mean()), time_lost_pct=float(lost), replicas=p.n_replicas,
             status=p.status,
         ))
+    return rows
+
+
+def simulation_ep_rows(result: Any, n_ranks: int, n_nodes: int = 1, method: str = "contiguous",
+                       n_redundant: int = 0, model: TimeModel | None = None) -> list[dict[str, Any]]:
+    """Per policy of a simulation: the overload factor and the time lost to imbalance.
+
+    ``result`` is an :class:`alflb.simulator.SimulationResult` (read through ``labels``,
+    ``config.n_seeds`` and ``run(label, seed).load_NE``). The placement is fitted once per
+    policy and seed on that run's own loads (for ``greedy`` and ``exact``: an EPLB that
+    knows the run's history, an optimistic baseline), then every step is evaluated;
+    rows hold means over steps and seeds: ``overload_factor`` (busiest rank over the
+    mean), ``time_lost_pct`` (step time over a forced-balance run of the same tokens, minus
+    one, in percent) and ``step_time_s``.
+
+    >>> from types import SimpleNamespace
+    >>> run = SimpleNamespace(load_NE=np.array([[4, 2, 1, 1], [2, 2, 2, 2]]))
+    >>> res = SimpleNamespace(labels=("sign",), config=SimpleNamespace(n_seeds=1),
+    ...                       run=lambda label, seed: run)
+    >>> round(simulation_ep_rows(res, n_ranks=2)[0]["overload_factor"], 3)
+    1.25
+    """
+    rows = []
+    for label in result.labels:
+        cols = []
+        for s in range(result.config.n_seeds):
+            load_NE = np.asarray(result.run(label, s).load_NE, dtype=np.float64)
+            placement = make_placement(method, load_NE, n_ranks, n_nodes, n_redundant)
+            cols.append(ep_columns(load_NE, placement, model))
+        rows.append({
+            "policy": label,
+            "placement": method,
+            "overload_factor": float(np.mean([c["ep_overload_factor"] for c in cols])),
+            "time_lost_pct": float(np.mean([c["ep_time_lost_pct"] for c in cols])),
+            "step_time_s": float(np.mean([c["ep_step_time_s"] for c in cols])),
+            "time_lost_pct_N": np.mean([c["ep_time_lost_pct"] for c in cols], axis=0),
+        })
     return rows
