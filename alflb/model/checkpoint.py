@@ -61,6 +61,8 @@ def payload_digest(data: dict[str, Any]) -> str:
     h = hashlib.sha256()
 
     def walk(obj: Any) -> None:
+        if obj is data:
+            obj = {k: v for k, v in data.items() if k != "sha256"}
         if isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{list(t.shape)}".encode())
@@ -68,8 +70,6 @@ def payload_digest(data: dict[str, Any]) -> str:
         elif isinstance(obj, dict):
             h.update(f"D{len(obj)}".encode())
             for k in sorted(obj, key=repr):
-                if k == "sha256" and obj is data:
-                    continue
                 h.update(repr(k).encode())
                 walk(obj[k])
         elif isinstance(obj, (list, tuple)):
