@@ -381,8 +381,8 @@ def _kill_cmd(corpus: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_kills_during_checkpoint_and_trace_writes(corpus, tmp_path, seed):
-    """SIGKILL after a random delay, resume; the final checkpoint equals an uninterrupted run's
-    bit for bit (or the resume refuses in one line), and nothing outside the folder changes."""
+    """SIGKILL after a random delay (three times), resume; the final checkpoint and trace equal an
+    uninterrupted run's bit for bit, and nothing outside the run folder changes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     parent = tmp_path / "parent"
     parent.mkdir()
@@ -402,9 +402,7 @@ def test_random_kills_during_checkpoint_and_trace_writes(corpus, tmp_path, seed)
         assert {p: p.read_bytes() for p in parent.iterdir() if p.is_file()} == before
         assert sorted(p.name for p in parent.iterdir()) == ["neighbour.txt", "run"] or not out.exists()
     done = subprocess.run(_kill_cmd(corpus, out, "--resume"), env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:  # a refusal must be one clear line
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        return
+    assert done.returncode == 0, done.stderr  # no kill point leaves a folder that cannot resume
     a, b = load_checkpoint(full / "checkpoints"), load_checkpoint(out / "checkpoints")
     assert a["step"] == b["step"] == 8
     for key in a["model"]:

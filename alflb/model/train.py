@@ -548,11 +548,13 @@ class _Run:
         if not (done % cfg.checkpoint_every == 0 or done == cfg.steps or stop):
             return None
         saved = None
+        # A finite loss can still come with an overflowed update: never save it. The parameters
+        # are replicated, so every rank reaches the same verdict.
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise TrainingDiverged(done, f"the parameters {bad[:3]} are not finite",
+                                   latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None)
         if self.main:
-            bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
-            if bad:  # a finite loss can still come with an overflowed update: never save it
-                raise TrainingDiverged(done, f"the parameters {bad[:3]} are not finite",
-                                       latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None)
             self.logs.flush()
             self.trace.flush()
             saved = save_checkpoint(self.ckpt_dir, {

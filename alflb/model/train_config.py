@@ -131,7 +131,7 @@ class TrainConfig:
             d["balance"] = BalanceConfig(**d["balance"])
             d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
             return cls(**d)
-        except TypeError as exc:  # unknown or missing fields
+        except (TypeError, KeyError) as exc:  # unknown or missing fields
             raise CorruptFileError(f"not a training configuration of this alflb version: {exc}") from exc
 
 
