@@ -9,12 +9,17 @@ Examples::
     alflb train --out runs/sign --steps 1200 --resume      # continue a run, bit-exact on CPU
     torchrun --nproc_per_node 2 -m alflb train --preset tiny --out runs/ddp   # data parallel
     alflb train --preset tiny --out runs/ddp --nproc 2     # the same with local CPU processes
+    alflb train --config runs/sign/config.json --out runs/again   # re-run a run exactly
 
 ``--balance`` takes ``none``, ``aux``, ``seq_aux``, ``global_aux`` or any rule of
 :mod:`alflb.rules`. With ``--resume`` the run's saved configuration is used; only
 ``--steps``, ``--device``, ``--trace-steps``, ``--eval-every`` and ``--checkpoint-every``
-may change, and so may the number of processes. Ctrl-C stops after the current step with a
-checkpoint (exit status 130) and prints how to resume.
+may change, and so may the number of processes; ``--config RUN/config.json`` starts a new run
+with that run's configuration (the same flags may change). Steps of ``--trace-steps`` past
+``--steps`` are dropped. Ctrl-C or SIGTERM stops after the current step with a checkpoint
+(exit status 130) and prints how to resume. Exit status 2: an error, including a training
+that diverged (a loss or gradient that is not finite; nothing of it is saved, the last good
+checkpoint stays).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,25 +35,36 @@ from typing import Any
 __all__ = ["add_parser", "parse_steps", "run"]
 
 
-def parse_steps(text: str) -> tuple[int, ...]:
-    """``"5,10,100:1000:100"`` -> steps 5, 10, 100, 200, ..., 1000 (``start:stop:every``, stop included).
+def parse_steps(text: str, limit: int | None = None) -> tuple[int, ...]:
+    """``"5,10,100:1000:100"`` -> steps 5, 10, 100, 200, ..., 1000 (``start:stop:every``, stop included),
+    without the steps past ``limit`` (never materialised).
 
     >>> parse_steps("1,3,10:30:10")
     (1, 3, 10, 20, 30)
+    >>> parse_steps("1:3000000", limit=4)
+    (1, 2, 3, 4)
     """
-    from ..errors import InvalidInputError
+    from ..model.train_config import _expand_steps
 
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if ":" in part:
-                a, b, *c = (int(x) for x in part.split(":"))
-                out.extend(range(a, b + 1, c[0] if c else 1))
-            else:
-                out.append(int(part))
-        except ValueError as exc:
-            raise InvalidInputError(f"cannot read trace steps {text!r}: {exc}") from exc
-    return tuple(sorted(set(out)))
+    return _expand_steps(text, 2**62 if limit is None else limit)
+
+
+# The Python API's words in library messages, and the flags that say the same on the command line.
+_FLAG_WORDS = (("resume=True", "--resume"), ("overwrite=True", "--overwrite"),
+               ("pass overwrite", "pass --overwrite"), ("trace_max_tokens", "--trace-max-tokens"),
+               ("trace_steps", "--trace-steps"), ("batch_size", "--batch-size"), ("grad_accum", "--grad-accum"),
+               ("seq_len", "--seq-len"), ("eval_every", "--eval-every"), ("checkpoint_every", "--checkpoint-every"))
+
+
+def speak_flags(message: str) -> str:
+    """A library message with the Python API's words replaced by the command line's flags.
+
+    >>> speak_flags("pass resume=True to continue it or overwrite=True to replace it")
+    'pass --resume to continue it or --overwrite to replace it'
+    """
+    for api, flag in _FLAG_WORDS:
+        message = message.replace(api, flag)
+    return message
 
 
 def _rule_param(text: str) -> tuple[str, Any]:
@@ -90,6 +107,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trace-steps", default=None, metavar="STEPS",
                    help="steps whose router scores go to traces/trace.npz, e.g. 1,50,100:1000:100")
+    p.add_argument("--trace-max-tokens", type=int, default=None, metavar="N",
+                   help="traced tokens per step (default: the whole global batch)")
+    p.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="start from the configuration of an earlier run (its config.json): re-runs it exactly")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log the metrics for TensorBoard into OUT/tensorboard (needs the tensorboard package)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete --out first")
@@ -105,23 +128,29 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run, train_defaults={a.dest: a.default for a in p._actions})
 
 
-def _train_worker(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -> int:
+def _train_worker(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg, tensorboard: bool = False) -> int:
     """One rank of ``--nproc``: train, print the outcome on rank 0, return the exit status."""
     from ..errors import AlflbError
+    from . import os_error_message
 
     try:
-        return _train_and_report(cfg, out, resume, overwrite, dist_cfg)
-    except AlflbError as exc:
-        print(f"alflb train: error (rank {os.environ.get('RANK', '0')}): {exc}", file=sys.stderr)
+        return _train_and_report(cfg, out, resume, overwrite, dist_cfg, tensorboard)
+    except (AlflbError, OSError) as exc:
+        text = os_error_message(exc) if isinstance(exc, OSError) and not isinstance(exc, AlflbError) else str(exc)
+        print(f"alflb train: error (rank {os.environ.get('RANK', '0')}): {text}", file=sys.stderr)
         return 2
 
 
-def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -> int:
+def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg, tensorboard: bool = False) -> int:
+    from ..errors import AlflbError
     from ..model.train import TrainingInterrupted, train
 
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        result = train(cfg, out, resume=resume, overwrite=overwrite, distributed=dist_cfg)
+        result = train(cfg, out, resume=resume, overwrite=overwrite, distributed=dist_cfg, tensorboard=tensorboard)
+    except AlflbError as exc:
+        exc.args = (speak_flags(str(exc)),)
+        raise
     except TrainingInterrupted as exc:
         if main_rank:
             print(f"alflb train: {exc}", file=sys.stderr)
@@ -139,8 +168,6 @@ def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg) -
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .._validate import positive_int
     from ..errors import InvalidInputError
     from ..model.balancing import BalanceConfig
@@ -148,22 +175,30 @@ def run(args: argparse.Namespace) -> int:
     from ..model.launch import launch_local
     from ..model.train_config import TrainConfig, load_run_config
 
-    trace_steps = parse_steps(args.trace_steps) if args.trace_steps is not None else None
     changes: dict[str, Any] = {
         k: v for k, v in {
-            "steps": args.steps, "device": args.device, "trace_steps": trace_steps,
+            "steps": args.steps, "device": args.device, "trace_steps": args.trace_steps,
             "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every,
+            "trace_max_tokens": args.trace_max_tokens,
         }.items() if v is not None
     }
     changes["progress"] = not args.no_progress
     out = Path(args.out)
-    if args.resume and (out / "config.json").exists():
-        cfg = dataclasses.replace(load_run_config(out), **changes)
+    if args.config is not None and args.resume:
+        raise InvalidInputError("--config starts a new run and --resume continues one: pass one of them")
+    saved = None
+    if args.config is not None:
+        saved = Path(args.config)
+    elif args.resume and (out / "config.json").exists():
+        saved = out
+    if saved is not None:
+        cfg = _replace(load_run_config(saved), changes)
         ignored = [f"--{name.replace('_', '-')}" for name in (
-            "balance", "u", "alpha", "seq_alpha", "batch_size", "grad_accum", "seq_len", "lr", "corpus")
+            "balance", "u", "alpha", "seq_alpha", "batch_size", "grad_accum", "seq_len", "lr", "corpus", "seed")
             if getattr(args, name, None) not in (None, args.train_defaults.get(name))]
         if ignored:
-            print(f"note: resuming {out} with its saved configuration; ignored: {', '.join(ignored)}",
+            what = f"resuming {out}" if args.resume else f"starting from {saved}"
+            print(f"note: {what} with its saved configuration; ignored: {', '.join(ignored)}",
                   file=sys.stderr)
     else:
         balance = BalanceConfig(mode=args.balance, u=args.u, alpha=args.alpha, seq_alpha=args.seq_alpha,
@@ -179,11 +214,29 @@ def run(args: argparse.Namespace) -> int:
             if args.seq_len > get_preset(args.preset).max_seq_len:
                 model_overrides["max_seq_len"] = args.seq_len
         cfg = TrainConfig.from_preset(args.preset, model_overrides=model_overrides, balance=balance,
-                                      seed=args.seed, **extra, **changes)
+                                      seed=args.seed, **extra, **{**changes, "trace_steps": ()})
+        cfg = _replace(cfg, {"trace_steps": args.trace_steps} if args.trace_steps is not None else {})
+    if args.trace_steps is not None and max(map(int, re.findall(r"\d+", args.trace_steps)), default=0) > cfg.steps:
+        print(f"note: --trace-steps past --steps {cfg.steps} are dropped", file=sys.stderr)
     dist_cfg = DistConfig(timeout_s=args.dist_timeout, check_sync=args.check_sync)
     if positive_int(args.nproc, "--nproc") > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InvalidInputError("--nproc > 1 inside a torchrun worker: let torchrun start the processes")
         check_shardable(cfg.batch_size, cfg.grad_accum, args.nproc)
-        return launch_local(args.nproc, _train_worker, (cfg, out, args.resume, args.overwrite, dist_cfg))
-    return _train_and_report(cfg, out, args.resume, args.overwrite, dist_cfg)
+        return launch_local(args.nproc, _train_worker,
+                            (cfg, out, args.resume, args.overwrite, dist_cfg, args.tensorboard))
+    return _train_and_report(cfg, out, args.resume, args.overwrite, dist_cfg, args.tensorboard)
+
+
+def _replace(cfg, changes: dict[str, Any]):
+    """``cfg`` with ``changes``; ``trace_steps`` given as text is expanded against the new step count."""
+    import dataclasses
+
+    from ..model.train_config import _expand_steps
+
+    changes = dict(changes)
+    text = changes.pop("trace_steps", None)
+    cfg = dataclasses.replace(cfg, **changes)
+    if text is not None:
+        cfg = dataclasses.replace(cfg, trace_steps=_expand_steps(text, cfg.steps))
+    return cfg

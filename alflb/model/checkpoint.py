@@ -16,11 +16,17 @@ containers and tensors only (no pickled classes):
     The torch CPU (and CUDA) generator states.
 ``train_config``
     The :class:`~alflb.model.train.TrainConfig` as JSON-able data.
+``sha256``
+    The digest of every other entry (:func:`payload_digest`: keys, scalars, and each
+    tensor's dtype, shape and bytes), so that a checkpoint verifies on its own.
 
 Every file is written atomically (temp file, fsync, rename, via :mod:`alflb.runio`), then
 ``checkpoints/latest.json`` is rewritten atomically with the file name, the step and the
-file's SHA-256. :func:`load_checkpoint` checks that digest when it knows it, and turns a
-truncated, tampered or foreign file into :class:`~alflb.errors.CorruptFileError`.
+file's SHA-256. :func:`load_checkpoint` checks both digests and that the step in the file
+name is the step inside, and turns a truncated, tampered or foreign file into
+:class:`~alflb.errors.CorruptFileError`. :func:`resumable_checkpoint` finds the checkpoint a
+resumed run continues from: the one ``latest.json`` names, or, when the pointer is lost,
+the newest ``step_*.pt`` that loads and verifies.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +43,44 @@ import torch
 from ..errors import CorruptFileError
 from ..runio import atomic_write_bytes, atomic_write_json, read_json
 
-__all__ = ["CHECKPOINT_FORMAT", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_files", "latest_checkpoint", "load_checkpoint", "payload_digest",
+           "resumable_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "alflb.model.checkpoint"
 CHECKPOINT_VERSION = 1
 _REQUIRED = ("format", "version", "step", "model", "optimizer", "balancer", "rng", "train_config")
+_NAME = re.compile(r"step_(\d{8,})\.pt")
+
+
+def payload_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's entries other than ``sha256``: keys, scalars, tensors' dtype, shape, bytes.
+
+    The same on save and after ``torch.load`` (it does not depend on how ``torch.save``
+    lays out the file).
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if obj is data:
+            obj = {k: v for k, v in data.items() if k != "sha256"}
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{list(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, dict):
+            h.update(f"D{len(obj)}".encode())
+            for k in sorted(obj, key=repr):
+                h.update(repr(k).encode())
+                walk(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"L{len(obj)}".encode())
+            for v in obj:
+                walk(v)
+        else:
+            h.update(f"S{obj!r}".encode())
+
+    walk(data)
+    return h.hexdigest()
 
 
 def save_checkpoint(folder: str | os.PathLike, payload: dict[str, Any], keep: int = 2) -> Path:
@@ -51,6 +91,7 @@ def save_checkpoint(folder: str | os.PathLike, payload: dict[str, Any], keep: in
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    data["sha256"] = payload_digest(data)
     buf = io.BytesIO()
     torch.save(data, buf)
     raw = buf.getvalue()
@@ -77,6 +118,42 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     if not path.exists():
         raise CorruptFileError(f"{pointer} names {path.name}, which does not exist")
     return path
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """The ``step_*.pt`` files of ``folder``, oldest step first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _NAME.fullmatch(p.name)), key=lambda p: int(p.name[5:-3]))
+
+
+def resumable_checkpoint(folder: str | os.PathLike, map_location: str | torch.device = "cpu",
+                         ) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a resumed run continues from, loaded and verified; None when there is none.
+
+    ``latest.json`` names it; when that pointer is missing (lost in a copy, deleted), the
+    newest ``step_*.pt`` that loads and verifies is taken. Raises
+    :class:`~alflb.errors.CorruptFileError` when the named checkpoint fails its checks, or
+    when checkpoint files exist and none of them verifies: resuming must not start over on
+    top of checkpoints that something else could still recover.
+    """
+    folder = Path(folder)
+    named = latest_checkpoint(folder)
+    if named is not None:
+        return named, load_checkpoint(named, map_location=map_location)
+    problems = []
+    for path in reversed(checkpoint_files(folder)):
+        try:
+            return path, load_checkpoint(path, map_location=map_location)
+        except (CorruptFileError, OSError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise CorruptFileError(
+            f"{folder} has no latest.json and none of its {len(problems)} checkpoint files verifies "
+            f"({problems[0]}); refusing to resume over them: move them away or use a new folder"
+        )
+    return None
 
 
 def _expected_digest(path: Path) -> str | None:
@@ -121,4 +198,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise CorruptFileError(f"checkpoint {path} lacks {missing}")
+    if "sha256" in data and payload_digest(data) != data["sha256"]:
+        raise CorruptFileError(f"checkpoint {path} does not match the SHA-256 of its contents")
+    m = _NAME.fullmatch(path.name)
+    if m and int(m.group(1)) != data["step"]:
+        raise CorruptFileError(f"checkpoint {path} holds step {data['step']!r}, not the step of its name")
     return data

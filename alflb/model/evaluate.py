@@ -48,8 +48,15 @@ class EvalResult:
 
     @classmethod
     def from_totals(cls, loss: float, loads_LE: np.ndarray) -> EvalResult:
-        """The result of a mean loss (nats) and the summed ``(L, E)`` loads."""
-        return cls(loss, math.exp(loss), loss / math.log(2), loads_LE, np.atleast_1d(max_violation(loads_LE)))
+        """The result of a mean loss (nats) and the summed ``(L, E)`` loads.
+
+        A loss too large for ``exp`` has perplexity ``inf`` (reported as such, not an error).
+
+        >>> EvalResult.from_totals(1e6, np.ones((1, 4), np.int64)).ppl
+        inf
+        """
+        ppl = float("inf") if loss > 709.0 else math.exp(loss)  # exp overflows a double past ~709.78
+        return cls(loss, ppl, loss / math.log(2), loads_LE, np.atleast_1d(max_violation(loads_LE)))
 
     @property
     def maxvio_global(self) -> float:

@@ -2,8 +2,12 @@
 
 :func:`launch_local` starts ``nproc`` local processes that form one process group (the
 ``alflb train --nproc N`` launcher; ``torchrun`` does the same job on clusters), watches
-them and stops the others when one fails. :class:`StopRequest` turns the first SIGINT into
-a request that the training loop honours at the next step boundary, with a checkpoint.
+them and stops the others when one fails. :class:`StopRequest` turns the first SIGINT or
+SIGTERM into a request that the training loop honours at the next step boundary, with a
+checkpoint. The ranks die with the launcher: on Linux the kernel sends each a SIGTERM when
+the launcher dies (``prctl(PR_SET_PDEATHSIG)``), elsewhere a watchdog thread notices that
+the parent changed; a SIGTERM or SIGINT to the launcher is forwarded to the ranks, which
+stop like after Ctrl-C.
 
 >>> 0 < free_port() < 65536
 True
@@ -25,40 +29,71 @@ from typing import Any
 
 from .._validate import positive_int
 
-__all__ = ["StopRequest", "free_port", "launch_local"]
+__all__ = ["StopRequest", "die_with_parent", "free_port", "launch_local"]
+
+
+_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 
 
 class StopRequest:
-    """While active, the first SIGINT asks the training loop to stop at the next step boundary.
+    """While active, the first SIGINT or SIGTERM asks the training loop to stop at the next step boundary.
 
-    The loop saves a checkpoint there and raises; a second SIGINT interrupts at once
-    (``KeyboardInterrupt``, nothing saved). Installed only in the main thread; the previous
-    handler comes back on exit.
+    The loop saves a checkpoint there and raises; a second signal stops at once (SIGINT:
+    ``KeyboardInterrupt``; SIGTERM: the default, death), with nothing saved. Installed
+    only in the main thread; the previous handlers come back on exit.
     """
 
     def __init__(self, announce: bool = True) -> None:
         self.requested = False
         self.announce = announce
-        self._previous: Any = None
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in _SIGNALS:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
         if self.announce:
-            print("\ninterrupt: stopping after this step with a checkpoint "
+            print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
                   "(interrupt again to stop at once without one)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+            self._previous = {s: signal.signal(s, self._handler) for s in _SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
+
+
+def die_with_parent(poll_s: float = 0.5, grace_s: float = 30.0) -> None:
+    """Make this process stop when its parent dies (call first thing in a launched rank).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, so the kernel sends a SIGTERM (a stop with
+    a checkpoint, :class:`StopRequest`) the moment the parent dies, even by SIGKILL. Every
+    platform: a daemon thread that polls the parent pid and, once it changes, sends this
+    process a SIGTERM, then ends it after ``grace_s`` if it is still alive.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the prctl took effect
+        os._exit(143)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,6 +105,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _worker(rank: int, world_size: int, port: int, target: Callable[..., int | None], args: tuple) -> None:
     os.setsid()  # a terminal's Ctrl-C reaches the launcher only; it forwards one SIGINT
+    die_with_parent()
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     code = target(*args)
@@ -86,8 +122,9 @@ def launch_local(nproc: int, target: Callable[..., int | None], args: tuple = ()
     with a free ``MASTER_PORT``, and exits with ``target``'s return value. The launcher
     watches the children: when one exits non-zero it stops the others (SIGTERM, then
     SIGKILL after ``grace_s``) and returns that exit code, after a message naming the
-    failed rank; a SIGINT to the launcher is forwarded once to every child (which then
-    stop at a step boundary with a checkpoint). Returns 0 when every rank succeeded.
+    failed rank; a SIGINT or SIGTERM to the launcher is forwarded as a SIGINT to every child
+    (which then stop at a step boundary with a checkpoint), and the children die with the
+    launcher (:func:`die_with_parent`). Returns 0 when every rank succeeded.
     """
     nproc = positive_int(nproc, "nproc")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -104,9 +141,9 @@ def launch_local(nproc: int, target: Callable[..., int | None], args: tuple = ()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGINT)
 
-    previous = None
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, forward)
+        previous = {s: signal.signal(s, forward) for s in _SIGNALS}
     try:
         pending = set(range(nproc))
         while pending:
@@ -127,8 +164,8 @@ def launch_local(nproc: int, target: Callable[..., int | None], args: tuple = ()
         codes = [p.exitcode for p in procs]
         return 130 if 130 in codes else 0
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         _stop(procs, [r for r, p in enumerate(procs) if p.exitcode is None], grace_s)
 
 

@@ -5,7 +5,9 @@ Shape legend: ``N`` traced steps, ``L`` MoE layers, ``T`` tokens, ``E`` experts.
 Every CSV is written by :mod:`alflb._tables` (one float format, ``None`` as an empty
 cell), one row per optimiser step (per step and MoE layer for the loads and biases), and
 appended to as the run goes; rank 0 alone writes. On resume each log is truncated to the
-rows of the resumed step, so the continued run's logs equal an uninterrupted run's.
+rows of the resumed step, so the continued run's logs equal an uninterrupted run's; a
+row torn by a crash (too few cells, a cell that is no number) ends what is kept.
+With ``--tensorboard`` the metrics also go to ``tensorboard/`` (:meth:`RunLogs.open_tensorboard`).
 
 ``traces/trace.npz`` holds the router scores of the traced steps in
 :mod:`alflb.traces`'s format, recorded with :class:`alflb.traces.TraceRecorder`:
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._tables import csv_text, format_cell
+from ..errors import CorruptFileError
 from ..runio import atomic_write_text
 from ..traces import TraceRecorder, load_trace
 
@@ -46,6 +49,25 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
         return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
+def _complete_rows(reader, header: list[str], resume_step: int) -> list[dict[str, str]]:
+    """The rows up to step ``resume_step``, stopping at the first incomplete one (a crash's torn line)."""
+    rows = []
+    for r in reader:
+        if len(r) != len(header):
+            break
+        try:
+            step = int(r[0])
+            for cell in r[1:]:
+                if cell != "":
+                    float(cell)
+        except ValueError:
+            break
+        if step > resume_step:
+            break
+        rows.append(dict(zip(header, r)))
+    return rows
+
+
 class CsvLog:
     """Append-only CSV with a fixed header; on resume, truncated to the rows of steps ``<= resume_step``.
 
@@ -61,7 +83,7 @@ class CsvLog:
             with path.open(newline="") as fh:
                 reader = csv.reader(fh)
                 if next(reader, None) == header:
-                    rows = [dict(zip(header, r)) for r in reader if r and int(r[0]) <= resume_step]
+                    rows = _complete_rows(reader, header, resume_step)
         atomic_write_text(path, csv_text(rows, header))
         self.fh = path.open("a", newline="")
         self._writer = csv.writer(self.fh, lineterminator="\n")
@@ -89,6 +111,7 @@ class RunLogs:
                  *, write: bool = True) -> None:
         self.blocks = list(blocks)
         per_layer = ["step", "layer", *(f"e{k}" for k in range(n_experts))]
+        self.writer: Any = None  # the TensorBoard SummaryWriter, when asked for
         self.metrics = CsvLog(run_dir / "metrics.csv", metrics_header(blocks), resume_step, write=write)
         self.loads = CsvLog(run_dir / "loads.csv", per_layer, resume_step, write=write)
         self.biases = CsvLog(run_dir / "biases.csv", per_layer, resume_step, write=write)
@@ -99,9 +122,39 @@ class RunLogs:
             self.loads.write([step, b, *load_E.tolist()])
             self.biases.write([step, b, *[float(v) for v in bias_E]])
 
+    def open_tensorboard(self, folder: Path, start: int) -> None:
+        """Also log every metric with ``torch.utils.tensorboard`` (events after step ``start`` are replaced).
+
+        Without the tensorboard package, says so in one line and logs the CSVs only.
+        """
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            import sys
+
+            print("note: --tensorboard needs the tensorboard package (pip install tensorboard); "
+                  "logging to the CSV files only", file=sys.stderr)
+            return
+        self.writer = SummaryWriter(str(folder), purge_step=start + 1 if start else None)
+
+    def scalars(self, step: int, row: Mapping[str, Any]) -> None:
+        """The step's metrics to TensorBoard (when open); empty cells are skipped."""
+        if self.writer is None:
+            return
+        for name, value in row.items():
+            if name != "step" and value is not None:
+                self.writer.add_scalar(name, float(value), step)
+
+    def close_tensorboard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def flush(self) -> None:
         for log in (self.metrics, self.loads, self.biases):
             log.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         for log in (self.metrics, self.loads, self.biases):
@@ -127,8 +180,17 @@ class RunTrace:
         self.path.parent.mkdir(exist_ok=True)
         if self.path.exists():
             trace = load_trace(self.path)
-            self.recorder.add_trace(trace, labels=trace.metadata["steps"],
-                                    bias_NLE=np.asarray(trace.metadata["bias_NLE"], dtype=np.float32))
+            missing = [k for k in ("steps", "bias_NLE") if k not in trace.metadata]
+            if missing:
+                raise CorruptFileError(
+                    f"{self.path} lacks the metadata {missing} that a resumed run continues from: "
+                    "move the trace away to record it anew from the checkpoint on, or use a new folder"
+                )
+            try:
+                self.recorder.add_trace(trace, labels=trace.metadata["steps"],
+                                        bias_NLE=np.asarray(trace.metadata["bias_NLE"], dtype=np.float32))
+            except (ValueError, TypeError, IndexError) as exc:
+                raise CorruptFileError(f"{self.path}: its metadata does not fit its scores: {exc}") from exc
             self.recorder.keep_until(resume_step)
 
     def add(self, step: int, scores_LTE: np.ndarray, bias_LE: np.ndarray, load_LE: np.ndarray) -> None:

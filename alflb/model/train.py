@@ -66,6 +66,7 @@ References
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,11 @@ import numpy as np
 import torch
 
 from .._progress import progress
-from ..errors import InvalidInputError, RunFolderExistsError
+from ..errors import AlflbError, InvalidInputError, RunFolderExistsError
 from ..metrics import max_violation
-from ..runio import atomic_write_json, prepare_run_folder
+from ..runio import atomic_write_json, json_default, prepare_run_folder
 from .balancing import Balancer
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, resumable_checkpoint, save_checkpoint
 from .data import BatchSampler, Corpus, load_corpus, validation_windows
 from .distributed import (
     DistConfig,
@@ -98,12 +99,12 @@ from .distributed import (
 from .evaluate import EvalResult, autocast, evaluate, evaluate_sharded
 from .launch import StopRequest
 from .runlog import RunLogs, RunTrace, read_metrics
-from .train_config import TRAIN_PRESETS, TrainConfig, check_resumable, load_run_config
+from .train_config import TRAIN_PRESETS, TrainConfig, check_memory, check_resumable, load_run_config
 from .transformer import DeepSeekMoE, MoELayer
 
 __all__ = [
-    "TRAIN_PRESETS", "EvalResult", "TrainConfig", "TrainResult", "TrainingInterrupted", "evaluate",
-    "load_run_config", "read_metrics", "train",
+    "TRAIN_PRESETS", "EvalResult", "TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
+    "evaluate", "load_run_config", "read_metrics", "train",
 ]
 
 
@@ -137,6 +138,12 @@ def make_optimizer(model: DeepSeekMoE, cfg: TrainConfig) -> torch.optim.Optimize
 
 def moe_block_indices(model: DeepSeekMoE) -> list[int]:
     return [i for i, b in enumerate(model.blocks) if isinstance(b.ffn, MoELayer)]
+
+
+def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The global 2-norm of the gradients, without clipping them."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.tensor(0.0)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -179,6 +186,67 @@ class TrainingInterrupted(KeyboardInterrupt):
         )
 
 
+class TrainingDiverged(AlflbError, FloatingPointError):
+    """Raised by :func:`train` when a step's loss or gradient norm is not finite.
+
+    Nothing of that step (or later) is saved: the last checkpoint stays the last good
+    state, and the logs hold finite rows only (a resume truncates them to the checkpoint).
+    ``alflb train`` prints the message and exits with status 2.
+    """
+
+    def __init__(self, step: int, what: str, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(
+            f"training diverged at step {step}: {what}; nothing of this step was saved and {kept}; "
+            "lower --lr (or raise --warmup) and start a new --out"
+        )
+
+
+def _exclusive_write_json(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` only if no such file exists, atomically (complete content or nothing).
+
+    The content goes to a temporary file that is then hard-linked to ``path``: the link
+    fails when ``path`` exists, so of two runs that start together on one folder exactly
+    one claims it. Raises :class:`RunFolderExistsError` for the other.
+    """
+    import json
+    import os
+    import tempfile
+
+    text = json.dumps(json.loads(json.dumps(obj, default=json_default)), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise RunFolderExistsError(
+                f"{path.parent} was claimed by another run started at the same time ({path.name} "
+                "appeared); nothing was changed: give this run another --out"
+            ) from None
+        except OSError:  # no hard links on this file system: exclusive create, then the content
+            try:
+                wfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise RunFolderExistsError(
+                    f"{path.parent} was claimed by another run started at the same time: "
+                    "give this run another --out"
+                ) from None
+            with os.fdopen(wfd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
 @dataclass(frozen=True)
 class _StepStats:
     """What one optimiser step measured (the loads and losses summed over every rank)."""
@@ -201,7 +269,8 @@ class _StepStats:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          stop_after: int | None = None, distributed: DistConfig | None = None) -> TrainResult:
+          stop_after: int | None = None, distributed: DistConfig | None = None,
+          tensorboard: bool = False) -> TrainResult:
     """Train (or resume) one run into ``out_dir`` and return its final evaluation.
 
     ``stop_after`` ends this call after that optimiser step, as an interruption would (the
@@ -212,10 +281,21 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     Launched by ``torchrun`` (``WORLD_SIZE > 1`` in the environment), every rank calls
     this function and trains on its shard of each global batch
     (:mod:`alflb.model.distributed`, settings in ``distributed``). A SIGINT stops every
-    rank after the same step, saves a checkpoint, and raises :class:`TrainingInterrupted`.
+    rank after the same step, saves a checkpoint, and raises :class:`TrainingInterrupted`;
+    so does a SIGTERM (``timeout``, batch schedulers). A step whose loss or gradient norm
+    is not finite raises :class:`TrainingDiverged` and saves nothing. ``tensorboard``
+    also logs the metrics with ``torch.utils.tensorboard`` into ``tensorboard/`` (skipped
+    with one line when the tensorboard package is missing).
     """
     t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise InvalidInputError(
+            f"run folder {out_dir} is a symbolic link (to {os.readlink(out_dir)}): give the real folder "
+            "path, so that what is written or replaced there is plain to see"
+        )
     device = resolve_device(cfg.device)
+    check_memory(cfg, device)
     ctx = setup_distributed(device, distributed)
     try:
         check_shardable(cfg.batch_size, cfg.grad_accum, ctx.world_size)
@@ -226,7 +306,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
                 "data-parallel ranks do not gather; train it in one process"
             )
         with StopRequest(announce=ctx.is_main) as stop_request:
-            run = _Run(cfg, ctx, distributed or DistConfig(), t_start)
+            run = _Run(cfg, ctx, distributed or DistConfig(), t_start, tensorboard=tensorboard)
             return run.execute(Path(out_dir), resume, overwrite, stop_after, stop_request)
     finally:
         teardown_distributed(ctx)
@@ -235,8 +315,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
 class _Run:
     """One call of :func:`train`, stage by stage; every rank holds one, rank 0 writes the folder."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, dist_cfg: DistConfig, t_start: float) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, dist_cfg: DistConfig, t_start: float,
+                 *, tensorboard: bool = False) -> None:
         self.cfg, self.ctx, self.dist_cfg, self.t_start = cfg, ctx, dist_cfg, t_start
+        self.tensorboard = tensorboard
         self.device, self.main = ctx.device, ctx.is_main
         self.start = 0  # optimiser steps already done (the data position)
         self.last_eval: EvalResult | None = None
@@ -247,8 +329,8 @@ class _Run:
                 stop_request: StopRequest) -> TrainResult:
         cfg = self.cfg
         corpus = load_corpus(cfg.corpus, cfg.val_fraction)  # a bad corpus fails before any folder is made
-        ckpt_path = self.prepare_folder(out_dir, resume, overwrite)
-        self.build(ckpt_path)
+        ckpt_path, ckpt = self.prepare_folder(out_dir, resume, overwrite)
+        self.build(ckpt)
         self.open_logs(corpus, resumed=ckpt_path is not None)
         end = cfg.steps if stop_after is None else max(self.start, min(cfg.steps, stop_after))
         bar = progress(range(self.start, end), total=cfg.steps, initial=self.start, desc="train",
@@ -256,6 +338,7 @@ class _Run:
         try:
             for step in bar:
                 stats = self.optimiser_step(step, stop_request.requested)
+                self.check_finite(stats)
                 self.evaluate_and_log(stats)
                 saved = self.checkpoint(stats.done, stats.stop)
                 bar.set_postfix_str(f"loss={self.last_loss:.3f}, maxvio={stats.maxvio_L.mean():.2f}")
@@ -264,15 +347,23 @@ class _Run:
                                               saved or latest_checkpoint(self.ckpt_dir))
         finally:
             self.logs.close()
+            self.logs.close_tensorboard()
         return self.finish(end)
 
     # ---------------------------------------------------------------- stages
 
-    def prepare_folder(self, out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-        """Create (or reopen) the run folder; the checkpoint to resume from, if any."""
+    def prepare_folder(self, out_dir: Path, resume: bool,
+                       overwrite: bool) -> tuple[Path | None, dict[str, Any] | None]:
+        """Create (or reopen) the run folder; the checkpoint to resume from (path, verified contents), if any.
+
+        A fresh run claims the folder by creating ``config.json`` exclusively, so that of two
+        runs started together on one folder the second fails before writing anything.
+        """
         self.run_dir = self.ctx.on_main(lambda: prepare_run_folder(out_dir, resume=resume, overwrite=overwrite))
         self.ckpt_dir = self.run_dir / "checkpoints"
-        ckpt_path = latest_checkpoint(self.ckpt_dir) if resume and self.ckpt_dir.exists() else None
+        found = resumable_checkpoint(self.ckpt_dir, map_location=self.device) if resume else None
+        ckpt_path, ckpt = found if found is not None else (None, None)
+        self.claim = not (resume and (self.run_dir / "config.json").exists())
         if resume and ckpt_path is None and any(self.run_dir.iterdir()):
             # Nothing to resume from: only a run of this very configuration that died before its
             # first checkpoint may be restarted here; anything else is somebody else's folder.
@@ -282,9 +373,11 @@ class _Run:
                     "refusing to resume into it; choose a new folder or pass overwrite"
                 )
             check_resumable(load_run_config(self.run_dir), self.cfg)
-        return ckpt_path
+        if ckpt is not None:
+            check_resumable(TrainConfig.from_dict(ckpt["train_config"]), self.cfg)
+        return ckpt_path, ckpt
 
-    def build(self, ckpt_path: Path | None) -> None:
+    def build(self, ckpt: dict[str, Any] | None) -> None:
         """Model, balancer and optimiser from the seed, then the checkpoint's state if resuming."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -292,9 +385,7 @@ class _Run:
         self.balancer = Balancer(cfg.balance, model, reduce_counts=self.ctx.reduce_counts)
         self.balancer.init_biases(model)
         self.optimizer = make_optimizer(model, cfg)
-        if ckpt_path is not None:
-            ckpt = load_checkpoint(ckpt_path, map_location=self.device)
-            check_resumable(TrainConfig.from_dict(ckpt["train_config"]), cfg)
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.balancer.load_state_dict(ckpt["balancer"], model)
@@ -309,8 +400,9 @@ class _Run:
         self.sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.seq_len, cfg.seed)
         self.val = validation_windows(corpus.val, cfg.seq_len, cfg.eval_windows)
         if self.main:
-            atomic_write_json(run_dir / "config.json", {
+            (_exclusive_write_json if self.claim else atomic_write_json)(run_dir / "config.json", {
                 "train_config": cfg.as_dict(),
+                "resolved": self.resolved_settings(),
                 "corpus": corpus.describe(),
                 "device": str(self.device),
                 "world_size": ctx.world_size,
@@ -323,12 +415,40 @@ class _Run:
             })
         resume_step = self.start if resumed else None
         self.logs = RunLogs(run_dir, self.blocks, cfg.model.n_routed_experts, resume_step, write=self.main)
+        if self.tensorboard and self.main:
+            self.logs.open_tensorboard(run_dir / "tensorboard", self.start)
         self.trace = RunTrace(run_dir, top_k=cfg.model.top_k, score_func=cfg.model.score_func,
                               blocks=self.blocks, resume_step=self.start,
                               enabled=bool(cfg.trace_steps) and self.main)
         ctx.barrier("the barrier after opening the run folder")
         if resume_step:
             self.history = [r["maxvio_batch"] for r in read_metrics(run_dir) if r["step"] <= self.start]
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """The values the run actually uses where the configuration left a default (``None``, ``{}``)."""
+        cfg = self.cfg
+        rule = cfg.balance.make_rule()
+        return {
+            "balance_loss_alpha": cfg.balance.loss_alpha,
+            "rule": rule.as_dict() if rule is not None else None,
+            "trace_max_tokens": cfg.trace_max_tokens or cfg.tokens_per_step,
+            "dense_hidden": cfg.model.dense_width,
+        }
+
+    def check_finite(self, s: _StepStats) -> None:
+        """Stop with :class:`TrainingDiverged` when the step's loss or gradient norm is not finite.
+
+        Every rank sees the same reduced loss and (DDP-averaged) gradient norm, so every rank
+        stops at the same step; nothing of the step is logged or checkpointed.
+        """
+        bad = [f"{name} is {v}" for name, v in (("the loss", s.lm_loss + s.balance_loss),
+                                                 ("the gradient norm", s.grad_norm))
+               if not math.isfinite(v)]
+        if bad:
+            if self.main:
+                self.logs.flush()
+            raise TrainingDiverged(s.done, " and ".join(bad),
+                                   latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None)
 
     def optimiser_step(self, step: int, stop_requested: bool) -> _StepStats:
         """One optimiser step on the global batch ``step``, then the bias update (see the module docstring)."""
@@ -343,7 +463,7 @@ class _Run:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                     if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+                     if cfg.grad_clip > 0 else _grad_norm(model))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         # One reduction of the step: the (L, E) counts of every layer, the loss sums and
@@ -417,6 +537,7 @@ class _Run:
             row.update(val_loss=ev.loss, val_ppl=ev.ppl, val_bpb=ev.bpb, maxvio_global=ev.maxvio_global)
             row.update({f"maxvio_global_layer{b}": float(v) for b, v in zip(self.blocks, ev.maxvio_global_L)})
         self.logs.metrics.write(row)
+        self.logs.scalars(s.done, row)
 
     def evaluate(self) -> EvalResult:
         return evaluate_sharded(self.model, self.val, self.cfg.eval_batch_size, self.device, self.ctx)
@@ -427,6 +548,12 @@ class _Run:
         if not (done % cfg.checkpoint_every == 0 or done == cfg.steps or stop):
             return None
         saved = None
+        # A finite loss can still come with an overflowed update: never save it. The parameters
+        # are replicated, so every rank reaches the same verdict.
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise TrainingDiverged(done, f"the parameters {bad[:3]} are not finite",
+                                   latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None)
         if self.main:
             self.logs.flush()
             self.trace.flush()

@@ -11,17 +11,21 @@ run must match it except in the fields of :data:`RESUMABLE_CHANGES`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._validate import finite_float, positive_int
-from ..errors import InvalidInputError
+from ..errors import CorruptFileError, InvalidInputError
 from ..runio import read_json
 from .balancing import BalanceConfig
 from .config import ModelConfig, get_preset
 
-__all__ = ["RESUMABLE_CHANGES", "TRAIN_PRESETS", "TrainConfig", "check_resumable", "load_run_config"]
+__all__ = ["RESUMABLE_CHANGES", "TRAIN_PRESETS", "TrainConfig", "check_memory", "check_resumable",
+           "estimate_memory", "load_run_config"]
+
+_MAX_INT = 2**62  # larger counts are no run anyone can do, and overflow torch/numpy integers
 
 # Training defaults of each model preset (TrainConfig.from_preset).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -56,9 +60,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     checkpoint_every: int = 20  # steps between checkpoints (the last step always)
     keep_checkpoints: int = 2
-    trace_steps: tuple[int, ...] = ()  # steps (1-based) whose router scores go to traces/
+    trace_steps: tuple[int, ...] = ()  # steps (1-based, at most `steps`) whose router scores go to traces/
     trace_max_tokens: int | None = None  # cap on traced tokens per step (None: the global batch); the trace keeps the whole batch's loads
-    seed: int = 0  # model init and data order
+    seed: int = 0  # model init and data order, in [0, 2**63 - 1]
     device: str = "auto"  # auto | cpu | cuda
     corpus: str | None = None  # text file or folder; None: the stdlib's *.py
     val_fraction: float = 0.05
@@ -67,7 +71,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_windows",
                      "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
-            object.__setattr__(self, name, positive_int(getattr(self, name), name))
+            object.__setattr__(self, name, positive_int(getattr(self, name), name, maximum=_MAX_INT))
         if self.batch_size % self.grad_accum:
             raise InvalidInputError(
                 f"batch_size={self.batch_size} must be a multiple of grad_accum={self.grad_accum}"
@@ -78,17 +82,24 @@ class TrainConfig:
             raise InvalidInputError("the model has no MoE layer: n_dense_layers must be < n_layers")
         finite_float(self.lr, "lr", minimum=0.0, strict=True)
         finite_float(self.min_lr_ratio, "min_lr_ratio", minimum=0.0, maximum=1.0)
-        positive_int(self.warmup_steps, "warmup_steps", minimum=0)
+        positive_int(self.warmup_steps, "warmup_steps", minimum=0, maximum=_MAX_INT)
+        object.__setattr__(self, "seed", positive_int(self.seed, "seed", minimum=0, maximum=2**63 - 1))
+        finite_float(self.val_fraction, "val_fraction", minimum=0.0, maximum=1.0, strict=True)
+        if len(self.betas) != 2:
+            raise InvalidInputError(f"betas must be two numbers, got {self.betas!r}")
+        for b in self.betas:
+            finite_float(b, "betas", minimum=0.0, maximum=1.0)
         for name in ("weight_decay", "grad_clip"):
             finite_float(getattr(self, name), name, minimum=0.0)
         if self.trace_max_tokens is not None:
-            object.__setattr__(self, "trace_max_tokens", positive_int(self.trace_max_tokens, "trace_max_tokens"))
+            object.__setattr__(self, "trace_max_tokens",
+                               positive_int(self.trace_max_tokens, "trace_max_tokens", maximum=_MAX_INT))
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        steps = tuple(int(s) for s in self.trace_steps)
+        steps = _expand_steps(self.trace_steps, self.steps)
         if any(s < 1 for s in steps):
-            raise InvalidInputError(f"trace_steps are 1-based optimiser steps, got {list(self.trace_steps)}")
-        object.__setattr__(self, "trace_steps", tuple(sorted(set(steps))))
+            raise InvalidInputError(f"trace_steps are 1-based optimiser steps, got {steps[:5]}...")
+        object.__setattr__(self, "trace_steps", steps)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     @classmethod
@@ -103,19 +114,106 @@ class TrainConfig:
         return self.batch_size * self.seq_len
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-able fields; a long ``trace_steps`` list is stored as its ranges' text (``"1:4000"``)."""
         d = dataclasses.asdict(self)
-        d["trace_steps"] = list(self.trace_steps)
+        d["trace_steps"] = list(self.trace_steps) if len(self.trace_steps) <= 32 else _ranges_text(self.trace_steps)
         d["betas"] = list(self.betas)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`as_dict`; a damaged or foreign record raises :class:`CorruptFileError`."""
+        if not isinstance(d, dict) or not isinstance(d.get("model"), dict) or not isinstance(d.get("balance"), dict):
+            raise CorruptFileError("not a training configuration (it lacks the model and balance sections)")
         d = dict(d)
-        d["model"] = ModelConfig.from_dict(d["model"])
-        d["balance"] = BalanceConfig(**d["balance"])
-        d["trace_steps"] = tuple(d.get("trace_steps", ()))
-        d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
-        return cls(**d)
+        try:
+            d["model"] = ModelConfig.from_dict(d["model"])
+            d["balance"] = BalanceConfig(**d["balance"])
+            d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
+            return cls(**d)
+        except (TypeError, KeyError) as exc:  # unknown or missing fields
+            raise CorruptFileError(f"not a training configuration of this alflb version: {exc}") from exc
+
+
+def _expand_steps(spec: Any, limit: int) -> tuple[int, ...]:
+    """Trace steps from a sequence of ints or a ranges text (``"5,10:30:10"``), clipped to ``limit``."""
+    if isinstance(spec, str):
+        out: set[int] = set()
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            try:
+                a, b, c = ([int(x) for x in part.split(":")] + [1])[:3] if ":" in part else (int(part), int(part), 1)
+            except ValueError:
+                raise InvalidInputError(f"cannot read trace steps {spec!r}: {part!r} is not a step or a:b[:every]") from None
+            if c < 1:
+                raise InvalidInputError(f"trace steps {spec!r}: the step of {part!r} must be >= 1")
+            out.update(range(a, min(b, limit) + 1, c))
+        return tuple(sorted(out))
+    try:
+        steps = {int(s) for s in spec}
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"trace_steps must be integers or a ranges text, got {spec!r}") from None
+    return tuple(sorted(s for s in steps if s <= limit))
+
+
+def _ranges_text(steps: tuple[int, ...]) -> str:
+    """``(1, 2, 3, 10, 20, 30)`` -> ``"1:3:1,10:30:10"``: arithmetic runs, compact and exact."""
+    parts, i = [], 0
+    while i < len(steps):
+        j = i + 1
+        if j < len(steps):
+            d = steps[j] - steps[i]
+            while j + 1 < len(steps) and steps[j + 1] - steps[j] == d:
+                j += 1
+            if j - i >= 2:
+                parts.append(f"{steps[i]}:{steps[j]}:{d}")
+                i = j + 1
+                continue
+        parts.append(str(steps[i]))
+        i += 1
+    return ",".join(parts)
+
+
+def estimate_memory(cfg: TrainConfig) -> dict[str, int]:
+    """Rough bytes one process needs: parameters with AdamW state, one micro-batch's activations, traces.
+
+    An estimate to refuse the impossible early, not a budget: it errs on the small side.
+    """
+    m = cfg.model
+    d, E, L = m.d_model, m.n_routed_experts, m.n_layers
+    ffn_moe = (E + m.n_shared_experts) * 3 * d * m.expert_hidden + d * E
+    ffn_dense = 3 * d * m.dense_width
+    params = 2 * m.vocab_size * d + L * 4 * d * d + m.n_moe_layers * ffn_moe + m.n_dense_layers * ffn_dense
+    tokens = cfg.batch_size // cfg.grad_accum * cfg.seq_len  # one micro-batch of the whole batch
+    per_token = L * (8 * d + 2 * E + 3 * (m.n_shared_experts + m.top_k) * m.expert_hidden
+                     + m.n_heads * cfg.seq_len) + 3 * m.vocab_size
+    traced = min(cfg.tokens_per_step, cfg.trace_max_tokens or cfg.tokens_per_step)
+    return {"parameters and optimiser state": 16 * params, "activations": 4 * tokens * per_token,
+            "traces": 4 * len(cfg.trace_steps) * m.n_moe_layers * traced * E}
+
+
+def _memory_available(device: Any) -> int | None:
+    try:
+        if getattr(device, "type", str(device)) == "cuda":
+            import torch
+
+            return int(torch.cuda.get_device_properties(0).total_memory)
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_memory(cfg: TrainConfig, device: Any = "cpu") -> None:
+    """Refuse a configuration whose estimated memory (:func:`estimate_memory`) exceeds the device's."""
+    need = estimate_memory(cfg)
+    have = _memory_available(device)
+    if have is None or sum(need.values()) <= have:
+        return
+    parts = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in need.items() if v)
+    raise InvalidInputError(
+        f"this run needs about {sum(need.values()) / 2**30:.1f} GiB ({parts}), more than the "
+        f"{have / 2**30:.1f} GiB of {device}: lower --batch-size or --seq-len, raise --grad-accum, "
+        "trace fewer steps (--trace-steps, --trace-max-tokens) or use a smaller preset"
+    )
 
 
 # Fields that may change when a run is resumed (everything else must match the checkpoint).
@@ -135,5 +233,21 @@ def check_resumable(saved: TrainConfig, new: TrainConfig) -> None:
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The :class:`TrainConfig` saved in a run folder's ``config.json``."""
-    return TrainConfig.from_dict(read_json(Path(run_dir) / "config.json")["train_config"])
+    """The :class:`TrainConfig` saved in a training run folder's ``config.json`` (or that file itself).
+
+    A ``config.json`` of another command (a simulation, a sweep) or a damaged one raises
+    :class:`~alflb.errors.CorruptFileError` naming the file.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "config.json"
+    data = read_json(path)
+    if not isinstance(data, dict) or "train_config" not in data:
+        raise CorruptFileError(
+            f"{path} is not the configuration of a training run (it lacks train_config; another "
+            "command wrote it): give alflb train a folder or config.json that alflb train wrote"
+        )
+    try:
+        return TrainConfig.from_dict(data["train_config"])
+    except (CorruptFileError, InvalidInputError) as exc:
+        raise CorruptFileError(f"{path}: {exc}") from exc
