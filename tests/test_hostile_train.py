@@ -227,8 +227,8 @@ def test_resume_into_a_simulation_run_folder(capsys, corpus, tmp_path):
 
 def test_resume_into_a_foreign_folder_speaks_the_flags(capsys, corpus, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
-    line = _one_line_error(capsys, _argv(corpus, tmp_path, "--resume"), "no training run")
-    assert "--overwrite" in line and "overwrite=True" not in line and "pass overwrite" not in line
+    line = _one_line_error(capsys, _argv(corpus, tmp_path, "--resume"), "not a training run folder")
+    assert "choose another folder" in line and "overwrite=True" not in line
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 

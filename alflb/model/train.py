@@ -76,9 +76,9 @@ import numpy as np
 import torch
 
 from .._progress import progress
-from ..errors import AlflbError, InvalidInputError, RunFolderExistsError
+from ..errors import InvalidInputError, RunFolderExistsError
 from ..metrics import max_violation
-from ..runio import atomic_write_json, json_default, prepare_run_folder
+from ..runio import RunLock, atomic_write_json, prepare_run_folder
 from .balancing import Balancer
 from .checkpoint import latest_checkpoint, resumable_checkpoint, save_checkpoint
 from .data import BatchSampler, Corpus, load_corpus, validation_windows
@@ -100,151 +100,25 @@ from .evaluate import EvalResult, autocast, evaluate, evaluate_sharded
 from .launch import StopRequest
 from .runlog import RunLogs, RunTrace, read_metrics
 from .train_config import TRAIN_PRESETS, TrainConfig, check_memory, check_resumable, load_run_config
-from .transformer import DeepSeekMoE, MoELayer
+from .train_support import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainResult,
+    _exclusive_write_json,
+    _grad_norm,
+    _rng_state,
+    _set_rng_state,
+    learning_rate,
+    make_optimizer,
+    moe_block_indices,
+    resolve_device,
+)
+from .transformer import DeepSeekMoE
 
 __all__ = [
     "TRAIN_PRESETS", "EvalResult", "TrainConfig", "TrainResult", "TrainingDiverged", "TrainingInterrupted",
     "evaluate", "load_run_config", "read_metrics", "train",
 ]
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    done = min(1.0, (step - cfg.warmup_steps) / span)  # fraction of the decay
-    ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
-    return cfg.lr * ratio
-
-
-def make_optimizer(model: DeepSeekMoE, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
-
-
-def moe_block_indices(model: DeepSeekMoE) -> list[int]:
-    return [i for i, b in enumerate(model.blocks) if isinstance(b.ffn, MoELayer)]
-
-
-def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
-    """The global 2-norm of the gradients, without clipping them."""
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.tensor(0.0)
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """The outcome of :func:`train`: the run folder and the last evaluation."""
-
-    run_dir: Path
-    steps: int  # optimiser steps completed (cfg.steps unless stopped early)
-    final_train_loss: float
-    eval: EvalResult
-    mean_maxvio_batch: float  # MaxVio_batch averaged over steps and MoE layers
-    seconds: float
-    config: TrainConfig
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised by :func:`train` after an interrupt (SIGINT): the step finished and was checkpointed."""
-
-    def __init__(self, step: int, run_dir: Path, checkpoint: Path | None) -> None:
-        self.step, self.run_dir, self.checkpoint = step, run_dir, checkpoint
-        super().__init__(
-            f"interrupted after step {step}; checkpoint {checkpoint}; "
-            f"resume with: alflb train --out {run_dir} --resume"
-        )
-
-
-class TrainingDiverged(AlflbError, FloatingPointError):
-    """Raised by :func:`train` when a step's loss or gradient norm is not finite.
-
-    Nothing of that step (or later) is saved: the last checkpoint stays the last good
-    state, and the logs hold finite rows only (a resume truncates them to the checkpoint).
-    ``alflb train`` prints the message and exits with status 2.
-    """
-
-    def __init__(self, step: int, what: str, checkpoint: Path | None) -> None:
-        self.step, self.checkpoint = step, checkpoint
-        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
-        super().__init__(
-            f"training diverged at step {step}: {what}; nothing of this step was saved and {kept}; "
-            "lower --lr (or raise --warmup) and start a new --out"
-        )
-
-
-def _exclusive_write_json(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` only if no such file exists, atomically (complete content or nothing).
-
-    The content goes to a temporary file that is then hard-linked to ``path``: the link
-    fails when ``path`` exists, so of two runs that start together on one folder exactly
-    one claims it. Raises :class:`RunFolderExistsError` for the other.
-    """
-    import json
-    import os
-    import tempfile
-
-    text = json.dumps(json.loads(json.dumps(obj, default=json_default)), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise RunFolderExistsError(
-                f"{path.parent} was claimed by another run started at the same time ({path.name} "
-                "appeared); nothing was changed: give this run another --out"
-            ) from None
-        except OSError:  # no hard links on this file system: exclusive create, then the content
-            try:
-                wfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                raise RunFolderExistsError(
-                    f"{path.parent} was claimed by another run started at the same time: "
-                    "give this run another --out"
-                ) from None
-            with os.fdopen(wfd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 @dataclass(frozen=True)
@@ -305,10 +179,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
                 f"the {rule.name!r} rule needs the router scores of the whole global batch, which "
                 "data-parallel ranks do not gather; train it in one process"
             )
+        run = None
         with StopRequest(announce=ctx.is_main) as stop_request:
             run = _Run(cfg, ctx, distributed or DistConfig(), t_start, tensorboard=tensorboard)
             return run.execute(Path(out_dir), resume, overwrite, stop_after, stop_request)
     finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
         teardown_distributed(ctx)
 
 
@@ -324,6 +201,7 @@ class _Run:
         self.last_eval: EvalResult | None = None
         self.last_loss = float("nan")
         self.history: list[float] = []  # MaxVio_batch of every step, averaged over layers
+        self.lock: RunLock | None = None  # the run folder's lock (main rank)
 
     def execute(self, out_dir: Path, resume: bool, overwrite: bool, stop_after: int | None,
                 stop_request: StopRequest) -> TrainResult:
@@ -359,7 +237,11 @@ class _Run:
         A fresh run claims the folder by creating ``config.json`` exclusively, so that of two
         runs started together on one folder the second fails before writing anything.
         """
-        self.run_dir = self.ctx.on_main(lambda: prepare_run_folder(out_dir, resume=resume, overwrite=overwrite))
+        self.run_dir = self.ctx.on_main(lambda: prepare_run_folder(
+            out_dir, resume=resume, overwrite=overwrite, marker="config.json",
+            kind="a training run folder", command="train"))
+        if self.ctx.is_main:  # one writer per run folder; released when train() returns or fails
+            self.lock = RunLock(self.run_dir, command="train").acquire()
         self.ckpt_dir = self.run_dir / "checkpoints"
         found = resumable_checkpoint(self.ckpt_dir, map_location=self.device) if resume else None
         ckpt_path, ckpt = found if found is not None else (None, None)

@@ -128,9 +128,10 @@ def _check_folder(path: Path, resume: bool, overwrite: bool, marker: str | None,
         )
     if resume:
         if marker is not None and not is_run_folder(path, marker):
+            remedy = ("choose another folder (alflb did not create this one)" if own is None
+                      else "use a new folder or overwrite=True")
             raise RunFolderExistsError(
-                f"cannot resume {path}: it holds files but no {marker}, so it is not {kind} "
-                "(use a new folder or overwrite=True)"
+                f"cannot resume {path}: it holds files but no {marker}, so it is not {kind}: {remedy}"
             )
         return "resume"
     if overwrite:
