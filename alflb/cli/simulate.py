@@ -13,6 +13,7 @@ recorded trace (:mod:`alflb.traces`) instead of a synthetic stream.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import InvalidInputError
 from ._args import key_value
@@ -37,12 +38,14 @@ def add_parser(subparsers) -> None:
                    help="score stream: gaussian, skewed, clustered, drifting, bursty, adversarial, fixed")
     p.add_argument("--stream-param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="a stream parameter, repeatable (e.g. --stream-param zipf_s=1.0)")
-    p.add_argument("--rules", default="none,sign,centred,decay",
-                   help="comma-separated rules/comparators (default none,sign,centred,decay)")
+    p.add_argument("--rules", default="none,sign,decay,quantile",
+                   help="comma-separated rules/comparators (default none,sign,decay,quantile; "
+                        "centred routes exactly like sign and is left out)")
     p.add_argument("--steps", type=int, default=None, help="N, batches per run (default 500; trace: its length)")
     p.add_argument("--tokens", type=int, default=None, help="T, tokens per batch (default 512; trace: its T)")
     p.add_argument("--experts", type=int, default=None, help="E, experts (default 16; trace: its E)")
-    p.add_argument("--k", type=int, default=2, help="K, experts per token (default 2)")
+    p.add_argument("--k", type=int, default=None,
+                   help="K, experts per token (default 2; trace: the k it was recorded with)")
     p.add_argument("--seeds", type=int, default=None,
                    help="S, independent streams (default 3; 1 with --trace, whose scores are data)")
     p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
@@ -62,6 +65,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-t1", action="store_true", help="do not record the T1 terms (saves one routing pass)")
     p.add_argument("--no-plot", action="store_true", help="do not write summary.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ep = p.add_argument_group("expert parallelism (the GPU time an imbalance costs)")
+    ep.add_argument("--ep-ranks", type=int, default=None, metavar="R",
+                    help="also report, per policy, the overload factor of R expert-parallel ranks "
+                         "and the time lost to imbalance (alflb.ep's step-time model)")
+    ep.add_argument("--ep-nodes", type=int, default=1, metavar="N", help="nodes the ranks form (default 1)")
+    ep.add_argument("--placement", default="contiguous",
+                    help="contiguous (default), round_robin, greedy (EPLB-style) or exact")
+    ep.add_argument("--replicas", type=int, default=0, help="redundant expert replicas for greedy/exact")
     p.set_defaults(func=run)
 
 
@@ -73,9 +84,17 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         from ..traces import load_trace
 
-        n_steps, n_layers, n_tokens, n_experts = load_trace(args.trace).shape
+        trace = load_trace(args.trace)
+        n_steps, n_layers, n_tokens, n_experts = trace.shape
         if not 0 <= args.layer < n_layers:
             raise InvalidInputError(f"--layer {args.layer} out of range: the trace has {n_layers} layers")
+        recorded_k = trace.metadata.get("k")
+        if recorded_k is not None and args.k is not None and int(recorded_k) != args.k:
+            raise InvalidInputError(
+                f"--k {args.k} contradicts the trace, recorded with k = {recorded_k}: drop --k to "
+                "replay the model's own routing, or record a trace with that k")
+        if args.k is None and recorded_k is not None:
+            args.k = int(recorded_k)
         stream, stream_params = "trace", {"path": args.trace, "layer": args.layer, **stream_params}
         for key, value in (("steps", n_steps), ("tokens", n_tokens), ("experts", n_experts)):
             if sizes[key] is None:
@@ -91,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         n_steps=sizes["steps"],
         n_tokens=sizes["tokens"],
         n_experts=sizes["experts"],
-        k=args.k,
+        k=2 if args.k is None else args.k,
         n_seeds=args.seeds if args.seeds is not None else (1 if args.trace else 3),
         seed=args.seed,
         u=args.u,
@@ -102,7 +121,60 @@ def run(args: argparse.Namespace) -> int:
         pseudo_batches=args.pseudo_batches,
         progress=False if args.quiet else None,
     )
+    _warn_time_scale(config, policies)
     result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
     print(result.format_summary())
+    if args.ep_ranks is not None:
+        _report_ep(result, args)
     print(f"run folder: {args.out}")
     return 0
+
+
+def _warn_time_scale(config, policies) -> None:
+    """Say so when a sign-like rule's step cannot close the score gaps within the run.
+
+    Each bias moves by at most ``u`` per step, so undoing a gap ``Delta`` between experts'
+    scores takes at least ``Delta / u`` steps; the gap is estimated as the spread of the
+    experts' mean scores on a few batches of the stream.
+    """
+    import numpy as np
+
+    from ..simulator import PolicySpec
+    from ..streams import make_stream
+
+    specs = [PolicySpec.parse(p) for p in policies]
+    steps = [(sp.label, float(sp.params.get("u", config.u if config.u is not None else 1e-3)))
+             for sp in specs if sp.name in ("sign", "centred", "frozen_tail")]
+    if not steps:
+        return
+    try:
+        sample = make_stream(config.stream, **config.stream_params).sample(
+            4, min(config.n_tokens, 512), config.n_experts, rng=config.seed)
+    except Exception:  # a stream that cannot be sampled here says so later, in its own words
+        return
+    mean_E = np.asarray(sample, dtype=np.float64).mean(axis=(0, 1))
+    gap = float(mean_E.max() - mean_E.min())
+    for label, u in steps:
+        if u > 0 and gap / u > config.n_steps:
+            print(f"note: {label} moves each bias by at most u = {u:g} per step; the experts' mean "
+                  f"scores spread over {gap:.3g}, which takes about {gap / u:.0f} steps to undo, "
+                  f"more than --steps {config.n_steps}: raise --u or --steps (see alflb advise)",
+                  file=sys.stderr)
+
+
+def _report_ep(result, args) -> None:
+    """Per policy: the overload factor and the time lost to imbalance; ep.csv in the folder."""
+    from pathlib import Path
+
+    from .._tables import csv_text, text_table
+    from ..ep.report import simulation_ep_rows
+    from ..runio import atomic_write_text
+
+    rows = simulation_ep_rows(result, args.ep_ranks, args.ep_nodes, args.placement, args.replicas)
+    table = [{k: v for k, v in r.items() if k != "time_lost_pct_N"} for r in rows]
+    print(f"expert parallelism: {args.ep_ranks} ranks on {args.ep_nodes} node(s), placement "
+          f"{args.placement}; overload factor = busiest rank / mean rank; time lost = step time "
+          "over a forced-balance run of the same tokens, minus 1 (means over steps and seeds)")
+    print(text_table(table, ["policy", "overload_factor", "time_lost_pct", "step_time_s"],
+                     headers=["policy", "overload factor", "time lost %", "step time (s)"]))
+    atomic_write_text(Path(args.out) / "ep.csv", csv_text(table))

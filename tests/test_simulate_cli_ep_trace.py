@@ -1,0 +1,46 @@
+"""``alflb simulate``: expert-parallel columns, the trace's own k, the time-scale note."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from alflb.cli import main
+from alflb.traces import save_trace
+
+BASE = ["simulate", "--steps", "12", "--tokens", "64", "--experts", "8", "--seeds", "1",
+        "--quiet", "--no-plot", "--no-regret"]
+
+
+def test_ep_ranks_report_overload_and_time_lost(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*BASE, "--stream", "skewed", "--rules", "none,quantile", "--out", str(out),
+                 "--ep-ranks", "4", "--placement", "round_robin"]) == 0
+    text = capsys.readouterr().out
+    assert "overload factor" in text and "time lost %" in text
+    rows = {r["policy"]: r for r in csv.DictReader((out / "ep.csv").open())}
+    assert set(rows) == {"none", "quantile"}
+    # balancing lowers the busiest rank's load relative to the mean
+    assert float(rows["quantile"]["overload_factor"]) < float(rows["none"]["overload_factor"])
+    assert all(float(r["overload_factor"]) >= 1.0 for r in rows.values())
+
+
+def test_trace_k_is_used_and_a_contradiction_refused(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    trace = tmp_path / "t.npz"
+    save_trace(trace, rng.random((6, 1, 32, 8)).astype(np.float32), metadata={"k": 3})
+    assert main(["simulate", "--trace", str(trace), "--rules", "none", "--no-regret", "--quiet",
+                 "--no-plot", "--out", str(tmp_path / "a")]) == 0
+    assert "K=3" in capsys.readouterr().out
+    assert main(["simulate", "--trace", str(trace), "--k", "2", "--rules", "none",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "contradicts the trace, recorded with k = 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("u, noted", [("0.001", True), ("0.5", False)])
+def test_a_rate_too_small_for_the_horizon_is_noted(tmp_path, capsys, u, noted):
+    assert main([*BASE, "--stream", "skewed", "--rules", f"sign:u={u}",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert ("takes about" in capsys.readouterr().err) is noted
