@@ -141,24 +141,23 @@ def table(agg: dict[str, dict], header: str) -> str:
 
 
 def pareto(agg: dict[str, dict], path: Path) -> None:
-    import matplotlib
+    """Validation loss against MaxVio_global, 95% bars both ways (MaxVio's clipped at 0)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5), constrained_layout=True)
+    ax = fig.subplots()
     for name, a in agg.items():
         (x, dx), (y, dy) = a["maxvio_global"], a["val_loss"]
-        ax.errorbar(x, y, xerr=0 if math.isnan(dx) else dx, yerr=0 if math.isnan(dy) else dy,
+        dx = 0.0 if math.isnan(dx) else dx
+        ax.errorbar(x, y, xerr=[[min(dx, x)], [dx]], yerr=0 if math.isnan(dy) else dy,
                     fmt="o", capsize=3, label=name)  # fmt: skip
-    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("MaxVio_global (mean of the last evaluations)")
     ax.set_ylabel("validation loss (nats per byte)")
     ax.set_title("Balance vs quality (mean ± 95% CI over seeds)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
