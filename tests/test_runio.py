@@ -100,3 +100,19 @@ def test_prepare_run_folder_refuse_resume_overwrite(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidInputError, match="not a folder"):
         prepare_run_folder(tmp_path / "file")
+
+
+def test_results_respect_the_umask(tmp_path):
+    """Result files are readable by the group when the umask allows it (not mkstemp's 0600)."""
+    import os
+
+    from alflb.runio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.csv", "a\n")
+        assert (path.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (atomic_write_text(tmp_path / "s.csv", "a\n").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)

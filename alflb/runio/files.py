@@ -34,16 +34,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: ``0o666`` less the umask.
+
+    >>> 0 < file_mode() <= 0o666
+    True
+    """
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + fsync + :func:`os.replace`).
 
-    The parent folder must exist. Returns the path.
+    The parent folder must exist; the file gets the mode a plain ``open()`` would give it
+    (the umask is respected, so colleagues on shared storage can read results). Returns
+    the path.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise InvalidInputError(f"cannot write {path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would hide results from the group
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
