@@ -82,3 +82,11 @@ def test_bad_arguments_exit_2(capsys, args, match):
     base += [] if "--k" in args else ["--k", "2"]
     assert main([*base, *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_fractional_capacities_are_not_called_equal(capsys):
+    from alflb.cli import main
+
+    assert main(["solve", "--tokens", "100", "--experts", "7", "--k", "2"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "floor/ceil capacities 28-29" in line and "equal" not in line

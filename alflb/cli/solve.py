@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=16, edgeitems=4):
-            print(f"problem    T={t} E={e} K={k} {prob.capacity_kind} capacities, scores {source}")
+            print(f"problem    T={t} E={e} K={k} {_describe_capacity(prob)}, scores {source}")
             print(f"method     {res.method} ({res.n_iter} iterations)")
             print(f"status     {res.status} ({'certified optimal' if res.success else 'NOT certified'})")
             print(f"objective  {res.objective:.12g}")
@@ -172,3 +172,15 @@ def _run_chunked(args: argparse.Namespace) -> int:
             print(f"bias (dual) {res.bias_E}")
     sys.stdout.flush()
     return 0 if res.success else 1
+
+
+def _describe_capacity(prob) -> str:
+    """``equal capacities 512``, ``floor/ceil capacities 28-29 (K*T/E = 28.57)``, or at-most."""
+    cap = np.asarray(prob.capacity_E)
+    lo, hi = int(cap.min()), int(cap.max())
+    if prob.capacity_kind == "at_most":
+        return f"at-most capacities {lo}" + (f"-{hi}" if hi != lo else "")
+    if lo == hi:
+        return f"equal capacities {lo}"
+    mean = prob.k * prob.n_tokens / prob.n_experts
+    return f"floor/ceil capacities {lo}-{hi} (K*T/E = {mean:.4g} is not an integer)"
