@@ -39,7 +39,7 @@ DIGESTS = HERE / "digests.json"
 # Columns and keys that measure the machine, not the method.
 VOLATILE_COLUMNS = {"tokens_per_s", "elapsed_s", "seconds", "wall_s", "time_s", "solve_time_s"}
 VOLATILE_KEYS = {"source", "torch", "alflb_version", "config_sha256", "wall_time", "time", "seconds", "elapsed_s",
-                 "solve_time_s", "time_s", "compile_s", "path", "run_dir", "out", "scheduler", "created",
+                 "solve_time_s", "time_s", "first_call_s", "compile_s", "path", "run_dir", "out", "scheduler", "created",
                  "host", "pid", "sha256", "numpy", "python", "corpus", "executor", "workers", "warm_s"}
 
 CORPUS_TEXT = "".join(
