@@ -86,3 +86,22 @@ def schedule_or_constant(schedule: Any, value: float) -> Schedule:
             f"schedule must be a Schedule or None, got {type(schedule).__name__}"
         )
     return schedule
+
+
+def infer_k(k: int | None, load_E: Any, n_tokens: int, n_experts: int) -> int:
+    """``K``: ``k`` when given, else inferred from the loads as ``sum(A) / T``; ``1 <= K < E``.
+
+    >>> infer_k(None, [3, 1], 2, 3), infer_k(1, [3, 1], 2, 3)
+    (2, 1)
+    """
+    if k is None:
+        total = float(to_numpy(load_E).sum())
+        if total % n_tokens:
+            raise InvalidInputError(
+                f"cannot infer K: sum(load_E) = {total:g} is not a multiple of T = {n_tokens}; pass k"
+            )
+        k = int(total // n_tokens)
+    k = int(k)
+    if not 1 <= k <= n_experts - 1:
+        raise InvalidInputError(f"K must satisfy 1 <= K <= E-1 = {n_experts - 1}, got {k}")
+    return k

@@ -28,7 +28,7 @@ import numpy as np
 from .._array import backend, check_scores, is_torch, to_numpy
 from .._validate import choice, finite_float, positive_int
 from ..errors import InvalidInputError
-from ._checks import check_flag, check_unit_interval
+from ._checks import check_flag, check_unit_interval, infer_k
 from .base import RuleState, RuleUpdate, UpdateRule
 
 __all__ = ["HistogramAccumulator", "HistogramQuantileRule", "histogram_edges", "histogram_quantiles"]
@@ -308,15 +308,7 @@ class HistogramQuantileRule(UpdateRule):
 
     def _update(self, bias_E, load_E, capacity_E, state, scores_TE) -> RuleUpdate:
         n_tokens = scores_TE.shape[0]
-        if self.k is not None:
-            k = self.k
-        else:
-            total = float(to_numpy(load_E).sum())
-            if total % n_tokens:
-                raise InvalidInputError(
-                    f"cannot infer K: sum(load_E) = {total:g} is not a multiple of T = {n_tokens}; pass k"
-                )
-            k = int(total // n_tokens)
+        k = infer_k(self.k, load_E, n_tokens, scores_TE.shape[1])
         parts = self.micro_batches if self.scope == "micro_batch" else 1
         if parts > n_tokens:
             raise InvalidInputError(f"micro_batches = {parts} exceeds the batch's T = {n_tokens} tokens")

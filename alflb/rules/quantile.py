@@ -15,7 +15,7 @@ import numpy as np
 from .._array import NUMPY, backend, to_numpy
 from .._validate import positive_int
 from ..errors import InvalidInputError
-from ._checks import check_flag, check_unit_interval
+from ._checks import check_flag, check_unit_interval, infer_k
 from .base import RuleUpdate, UpdateRule
 
 __all__ = ["QuantileRule", "quantile_sweep"]
@@ -123,18 +123,7 @@ class QuantileRule(UpdateRule):
 
     def _k(self, load_E: Any, n_tokens: int, n_experts: int) -> int:
         """``K``: the parameter, else inferred from the loads as ``sum(A) / T``."""
-        if self.k is not None:
-            k = int(self.k)
-        else:
-            total = float(to_numpy(load_E).sum())
-            if total % n_tokens:
-                raise InvalidInputError(
-                    f"cannot infer K: sum(load_E) = {total:g} is not a multiple of T = {n_tokens}; pass k"
-                )
-            k = int(total // n_tokens)
-        if not 1 <= k <= n_experts - 1:
-            raise InvalidInputError(f"K must satisfy 1 <= K <= E-1 = {n_experts - 1}, got {k}")
-        return k
+        return infer_k(self.k, load_E, n_tokens, n_experts)
 
     def _update(self, bias_E, load_E, capacity_E, state, scores_TE) -> RuleUpdate:
         gamma = to_numpy(scores_TE)
