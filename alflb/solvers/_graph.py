@@ -42,6 +42,21 @@ __all__ = [
 _EPS = np.finfo(np.float64).eps
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def split_row(x_TE, i, routed, unrouted):
+    """Write token ``i``'s routed and unrouted experts into the two buffers; their counts."""
+    nr = 0
+    nu = 0
+    for k in range(x_TE.shape[1]):
+        if x_TE[i, k]:
+            routed[nr] = k
+            nr += 1
+        else:
+            unrouted[nu] = k
+            nu += 1
+    return nr, nu
+
+
 @numba.njit(cache=True, nogil=True)
 def _w_rows(scores_TE, x_TE, tokens, W_EE, arg_EE):
     n_experts = scores_TE.shape[1]
@@ -49,15 +64,7 @@ def _w_rows(scores_TE, x_TE, tokens, W_EE, arg_EE):
     unrouted = np.empty(n_experts, np.int64)
     for t in range(tokens.shape[0]):
         i = tokens[t]
-        nr = 0
-        nu = 0
-        for k in range(n_experts):
-            if x_TE[i, k]:
-                routed[nr] = k
-                nr += 1
-            else:
-                unrouted[nu] = k
-                nu += 1
+        nr, nu = split_row(x_TE, i, routed, unrouted)
         for a in range(nr):
             j = routed[a]
             s_j = scores_TE[i, j]

@@ -39,6 +39,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._graph import split_row
+
 __all__ = ["SSP_DONE", "SSP_GROW", "SSP_INFEASIBLE", "SSP_LIMIT", "SSP_RELIST", "fixed_pair_lists", "ssp_solve"]
 
 SSP_DONE, SSP_GROW, SSP_INFEASIBLE, SSP_LIMIT, SSP_RELIST = 0, 1, 2, 3, 4
@@ -338,15 +340,7 @@ def ssp_solve(
             v = path_v[e]
             fixed = in_F[i]
             # the token's old entries become stale where it was the argmin
-            nr = 0
-            nu = 0
-            for k in range(E):
-                if x[i, k]:
-                    routed[nr] = k
-                    nr += 1
-                else:
-                    unrouted[nu] = k
-                    nu += 1
+            nr, nu = split_row(x, i, routed, unrouted)
             for a in range(nr):
                 j = routed[a]
                 for b in range(nu):
