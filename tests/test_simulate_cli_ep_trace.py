@@ -43,4 +43,4 @@ def test_trace_k_is_used_and_a_contradiction_refused(tmp_path, capsys):
 def test_a_rate_too_small_for_the_horizon_is_noted(tmp_path, capsys, u, noted):
     assert main([*BASE, "--stream", "skewed", "--rules", f"sign:u={u}",
                  "--out", str(tmp_path / "r")]) == 0
-    assert ("takes about" in capsys.readouterr().err) is noted
+    assert ("takes about" in capsys.readouterr().out) is noted

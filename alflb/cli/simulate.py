@@ -13,7 +13,6 @@ recorded trace (:mod:`alflb.traces`) instead of a synthetic stream.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import InvalidInputError
 from ._args import key_value
@@ -121,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
         pseudo_batches=args.pseudo_batches,
         progress=False if args.quiet else None,
     )
-    _warn_time_scale(config, policies)
     result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
     print(result.format_summary())
+    _warn_time_scale(config, policies)
     if args.ep_ranks is not None:
         _report_ep(result, args)
     print(f"run folder: {args.out}")
@@ -158,8 +157,7 @@ def _warn_time_scale(config, policies) -> None:
         if u > 0 and gap / u > config.n_steps:
             print(f"note: {label} moves each bias by at most u = {u:g} per step; the experts' mean "
                   f"scores spread over {gap:.3g}, which takes about {gap / u:.0f} steps to undo, "
-                  f"more than --steps {config.n_steps}: raise --u or --steps (see alflb advise)",
-                  file=sys.stderr)
+                  f"more than --steps {config.n_steps}: raise --u or --steps (see alflb advise)")
 
 
 def _report_ep(result, args) -> None:
