@@ -20,7 +20,7 @@ def test_nan_inf_or_negative_optimiser_settings_are_refused(field, value):
 def test_resume_into_a_foreign_folder_is_refused_and_loses_nothing(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     cfg = TrainConfig.from_preset("tiny", steps=2, progress=False)
-    with pytest.raises(RunFolderExistsError, match="holds files but no config.json, so it is not a training run folder"):
+    with pytest.raises(RunFolderExistsError, match=r"holds files but no config\.json, so it is not a training run folder"):
         train(cfg, tmp_path, resume=True)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
