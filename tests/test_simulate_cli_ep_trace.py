@@ -44,3 +44,28 @@ def test_a_rate_too_small_for_the_horizon_is_noted(tmp_path, capsys, u, noted):
     assert main([*BASE, "--stream", "skewed", "--rules", f"sign:u={u}",
                  "--out", str(tmp_path / "r")]) == 0
     assert ("takes about" in capsys.readouterr().out) is noted
+
+
+def test_config_reruns_a_simulation_and_a_sweep_exactly(tmp_path, capsys):
+    import json
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*BASE, "--stream", "skewed", "--rules", "sign:u=0.01,decay", "--seed", "4",
+                 "--out", str(a)]) == 0
+    assert main(["simulate", "--config", str(a / "config.json"), "--out", str(b), "--quiet",
+                 "--no-plot"]) == 0
+    for name in ("run_sign_u=0.01_seed000.npz", "run_decay_seed000.npz"):
+        x, y = np.load(a / "arrays" / name), np.load(b / "arrays" / name)
+        np.testing.assert_array_equal(x["load_NE"], y["load_NE"])
+        np.testing.assert_array_equal(x["bias_NE"], y["bias_NE"])
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    argv = ["sweep", "--grid", "u=0.01,0.1", "--rules", "sign", "--steps", "6", "--tokens", "32",
+            "--experts", "4", "--k", "1", "--seeds", "1", "--no-regret", "--executor", "serial",
+            "--quiet"]
+    assert main([*argv, "--out", str(s1)]) == 0
+    assert main(["sweep", "--config", str(s1), "--executor", "serial", "--quiet",
+                 "--out", str(s2)]) == 0
+    assert (s1 / "summary.csv").read_text() == (s2 / "summary.csv").read_text()
+    assert main(["simulate", "--config", str(s1 / "sweep.json"), "--out", str(tmp_path / "c")]) == 2
+    assert "not the configuration of an alflb simulation" in capsys.readouterr().err
+    assert json.loads((b / "config.json").read_text())["config"]["seed"] == 4

@@ -64,6 +64,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-t1", action="store_true", help="do not record the T1 terms (saves one routing pass)")
     p.add_argument("--no-plot", action="store_true", help="do not write summary.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None, metavar="RUN/config.json",
+                   help="re-run a run exactly from its config.json (or run folder); the other "
+                        "settings flags are then ignored, --out, --resume/--overwrite and the "
+                        "output flags still apply")
     ep = p.add_argument_group("expert parallelism (the GPU time an imbalance costs)")
     ep.add_argument("--ep-ranks", type=int, default=None, metavar="R",
                     help="also report, per policy, the overload factor of R expert-parallel ranks "
@@ -77,6 +81,16 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..simulator import SimulationConfig, simulate
+
+    if args.config:
+        from ._args import run_config
+
+        config = SimulationConfig.from_dict(run_config(args.config, "config", "an alflb simulation"))
+        result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                          plot=not args.no_plot)
+        print(result.format_summary())
+        print(f"run folder: {args.out}")
+        return 0
 
     stream, stream_params = args.stream, dict(args.stream_param)
     sizes = {"steps": args.steps, "tokens": args.tokens, "experts": args.experts}

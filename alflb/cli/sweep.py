@@ -68,13 +68,22 @@ def add_parser(subparsers) -> None:
     group.add_argument("--overwrite", action="store_true", help="delete the folder's contents first")
     p.add_argument("--plot", action="store_true", help="write summary.png in every run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None, metavar="SWEEP/sweep.json",
+                   help="re-run a sweep exactly from its sweep.json (or sweep folder); the grid and "
+                        "settings flags are then ignored")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..simulator import SimulationConfig
-    from ..sweep import SweepConfig, parse_grid, run_sweep
+    from ..sweep import SweepConfig, parse_grid
 
+    executor = args.executor or ("dask" if args.scheduler else "local")
+    if args.config:
+        from ._args import run_config
+
+        sweep = SweepConfig.from_dict(run_config(args.config, "sweep", "an alflb sweep"))
+        return _run(sweep, args, executor)
     grid: dict = {}
     given: dict[str, str] = {}
     for key, values in parse_grid(args.grid).items():
@@ -99,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
         dynamic=not args.no_dynamic,
         progress=False,
     )
-    sweep = SweepConfig(base=base, grid=grid)
-    executor = args.executor or ("dask" if args.scheduler else "local")
+    return _run(SweepConfig(base=base, grid=grid), args, executor)
+
+
+def _run(sweep, args: argparse.Namespace, executor: str) -> int:
+    from ..sweep import run_sweep
+
     result = run_sweep(
         sweep, args.out, executor=executor, scheduler=args.scheduler, n_workers=args.workers,
         resume=not args.no_resume, overwrite=args.overwrite, plot=args.plot, progress=not args.quiet,
