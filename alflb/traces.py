@@ -232,10 +232,10 @@ class Trace:
         arrays: dict[str, Any] = {
             "format": np.asarray(TRACE_FORMAT),
             "version": np.asarray(TRACE_VERSION, dtype=np.int64),
-            "metadata": np.asarray(json.dumps(self.metadata)),
         }
         if self.scores_NLTE is not None:
             arrays["scores_NLTE"] = self.scores_NLTE
+        arrays["metadata"] = np.asarray(json.dumps(self.metadata))  # the order of version 1 files
         if self.loads_NLE is not None:
             arrays["loads_NLE"] = self.loads_NLE
         if self.topk_NLTK is not None:
@@ -275,7 +275,12 @@ def load_trace(path: str | os.PathLike) -> Trace:
     ``bias_NLE`` are read from there when the trace itself lacks them.
     """
     path = Path(path)
-    data = load_npz(path, required=("format", "version", "metadata"))
+    data = load_npz(path)
+    lower = any(name in data for name in ("topk_NLTK", "loads_NLE"))
+    missing = [name for name in ("format", "version", "scores_NLTE", "metadata")
+               if name not in data and not (name == "scores_NLTE" and lower)]
+    if missing:
+        raise CorruptFileError(f"{path} lacks the arrays {missing}; it holds {sorted(data)}")
     fmt, version = data["format"], data["version"]
     if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != TRACE_FORMAT:
         raise CorruptFileError(f"{path}: not an alflb trace (format tag {fmt!r})")
@@ -285,9 +290,6 @@ def load_trace(path: str | os.PathLike) -> Trace:
         raise CorruptFileError(
             f"{path}: trace version {int(version)} is not supported (this alflb reads version {TRACE_VERSION})"
         )
-    if not any(name in data for name in ("scores_NLTE", "topk_NLTK", "loads_NLE")):
-        raise CorruptFileError(f"{path} lacks the arrays ['scores_NLTE'] (or topk_NLTK / loads_NLE of a "
-                               "lower tier)")
     scores = data.get("scores_NLTE")
     if scores is not None and scores.dtype != np.float32:
         raise CorruptFileError(f"{path}: scores_NLTE must be float32, got {scores.dtype}")

@@ -181,8 +181,8 @@ def test_simulate_states_what_regret_is_measured_against_for_groups(tmp_path, ca
     meta = {"k": 2, "n_group": 4, "topk_group": 2, "score_func": "sigmoid"}
     path = save_trace(tmp_path / "g.npz", _scores(n=4, layers=1, t=32), metadata=meta)
     assert main(["simulate", "--trace", str(path), *SIM, "--out", str(tmp_path / "g")]) == 0
-    err = capsys.readouterr().err
-    assert "tier scores, k=2, score_func=sigmoid, groups 4 keep 2" in err
+    out, err = capsys.readouterr()
+    assert "tier scores, k=2, score_func=sigmoid, groups 4 keep 2" in out
     assert "regret is measured against the plain top-K optimum, an upper bound" in err
     plain = save_trace(tmp_path / "p.npz", _scores(n=4, layers=1, t=32), metadata={"k": 2})
     assert main(["simulate", "--trace", str(plain), *SIM, "--out", str(tmp_path / "p")]) == 0

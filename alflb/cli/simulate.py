@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 def _trace_semantics_note(trace, path) -> None:
     """Say which of the trace's routing semantics the simulator follows, and which it cannot."""
     sem = trace.semantics
-    print(f"trace: {path}, tier {trace.tier}, {sem.describe()}", file=sys.stderr)
+    print(f"trace: {path}, tier {trace.tier}, {sem.describe()}")
     if sem.group_limited:
         print(f"note: the trace was routed group-limited (n_group = {sem.n_group}, topk_group = "
               f"{sem.topk_group}); the simulator routes plain top-{sem.k} over all experts, so regret "
