@@ -187,3 +187,22 @@ def test_simulate_states_what_regret_is_measured_against_for_groups(tmp_path, ca
     plain = save_trace(tmp_path / "p.npz", _scores(n=4, layers=1, t=32), metadata={"k": 2})
     assert main(["simulate", "--trace", str(plain), *SIM, "--out", str(tmp_path / "p")]) == 0
     assert "plain top-K optimum" not in capsys.readouterr().err
+
+
+def test_record_routing_writes_ids_and_biases_into_the_trace(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from alflb.integrations.transformers import record_routing, tiny_model
+
+    model = tiny_model("deepseek_v3")
+    batches = [{"input_ids": torch.randint(0, 64, (2, 8))} for _ in range(2)]
+    record_routing(model, batches, tmp_path / "hf.npz")
+    with np.load(tmp_path / "hf.npz") as data:
+        assert {"topk_NLTK", "bias_NLE"} <= set(data.files)
+    trace = load_trace(tmp_path / "hf.npz")
+    sem = trace.semantics
+    assert trace.tier == "scores" and (sem.k, sem.n_group, sem.topk_group) == (2, 4, 2)
+    assert sem.score_func == "sigmoid" and sem.route_scale == 2.5 and sem.counting is not None
+    np.testing.assert_array_equal(trace.topk_NLTK, np.load(tmp_path / "hf.topk.npz")["topk_NLTK"])
+    counted, _ = Trace(None, metadata={"n_experts": 8}, topk_NLTK=trace.topk_NLTK).counts_NLE()
+    np.testing.assert_array_equal(counted, trace.loads_NLE)
