@@ -8,8 +8,9 @@ Examples::
     alflb ep --loads runs/sim --run sign_u=0.001 --ranks 8     # a simulation run folder
 
 Loads are token-slots per expert: a ``.npy`` of shape ``(E,)`` or ``(steps, E)``, an
-alflb trace ``.npz`` (its ``loads_NLE``, or top-K of its scores with ``metadata["k"]``),
-or a simulation run folder (``arrays/run_<label>_seed<s>.npz``, array ``load_NE``).
+alflb trace ``.npz`` of any tier (its ``loads_NLE``, its selected ids counted, or top-K of
+its scores with ``metadata["k"]``), another recorder's dump with ``--format`` (e.g.
+``--format sglang``), or a simulation run folder (``arrays/run_<label>_seed<s>.npz``, array ``load_NE``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def add_parser(subparsers) -> None:
                    help="redundant replicas for greedy and exact (default 0)")
     p.add_argument("--slots-per-rank", type=int, default=None,
                    help="replicas a rank may hold (default ceil((E + replicas) / R))")
+    p.add_argument("--format", default="alflb", metavar="FORMAT",
+                   help="format of a --loads trace file: alflb (default) or an importer's, e.g. sglang "
+                        "(any tier gives counts)")
     p.add_argument("--layer", type=int, default=None,
                    help="trace layer to use (default every layer, results averaged)")
     p.add_argument("--run", default=None, help="run label in a simulation folder (e.g. sign_u=0.001)")
@@ -75,22 +79,17 @@ def _npy(path: Path) -> np.ndarray:
     return arr
 
 
-def _trace_loads(path: Path) -> tuple[np.ndarray, str]:
-    from ..routing import expert_load, route_topk
-    from ..traces import load_trace
+def _trace_loads(path: Path, format: str = "alflb") -> tuple[np.ndarray, str]:
+    from ..integrations.replay import replay_group_limited
+    from ..traces import import_trace
 
-    trace = load_trace(path)
-    if trace.loads_NLE is not None:
-        return trace.loads_NLE, "recorded loads"
-    k = trace.metadata.get("k")
-    if not isinstance(k, int):
-        raise InvalidInputError(f"--loads: {path} has no loads_NLE and no integer metadata 'k' to route with")
-    s = trace.scores_NLTE
-    out = np.zeros((s.shape[0], s.shape[1], s.shape[3]), dtype=np.int64)
-    for n in range(s.shape[0]):
-        for layer in range(s.shape[1]):
-            out[n, layer] = expert_load(route_topk(s[n, layer], None, k))
-    return out, f"top-{k} of the recorded scores, no bias"
+    trace = import_trace(path, format=format)
+    trace.require("counts", path)
+    try:
+        loads, what = trace.counts_NLE(select=replay_group_limited)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--loads: {path}: {exc}") from None
+    return loads, f"{what}; {trace.tier}-tier trace"
 
 
 def _run_folder(path: Path, label: str | None, seed_index: int) -> tuple[np.ndarray, str]:
@@ -112,12 +111,18 @@ def _run_folder(path: Path, label: str | None, seed_index: int) -> tuple[np.ndar
     return run.load_NE[:, None, :], folder.run_path(label, seed_index).stem
 
 
-def read_loads(path: str, label: str | None = None, seed_index: int = 0) -> tuple[np.ndarray, str]:
-    """Loads as ``(N, L, E)`` token-slot counts, and a description of where they came from."""
+def read_loads(path: str, label: str | None = None, seed_index: int = 0,
+               format: str = "alflb") -> tuple[np.ndarray, str]:
+    """Loads as ``(N, L, E)`` token-slot counts, and a description of where they came from.
+
+    ``format`` other than ``"alflb"`` reads ``path`` with that importer (:mod:`alflb.importers`).
+    """
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"--loads: no such file or folder: {path}")
-    if p.is_dir():
+    if format != "alflb" and not p.is_dir():
+        arr, what = _trace_loads(p, format)
+    elif p.is_dir():
         arr, what = _run_folder(p, label, seed_index)
     elif p.suffix == ".npz":
         arr, what = _trace_loads(p)
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if ranks % nodes:
         raise InvalidInputError(f"--ranks {ranks} must be a multiple of --nodes {nodes}")
     replicas = positive_int(args.replicas, "--replicas", minimum=0)
-    loads_NLE, what = read_loads(args.loads, args.run, args.seed_index)
+    loads_NLE, what = read_loads(args.loads, args.run, args.seed_index, args.format)
     n_layers = loads_NLE.shape[1]
     if args.layer is not None:
         layer = positive_int(args.layer, "--layer", minimum=0, maximum=n_layers - 1)

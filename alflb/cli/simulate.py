@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--u", type=float, default=None,
                    help="step u for every rule that has one and was not given one (rule default 1e-3)")
     p.add_argument("--trace", default=None, metavar="FILE", help="replay a recorded trace (.npz)")
+    p.add_argument("--trace-format", default="alflb", metavar="FORMAT",
+                   help="format of --trace: alflb (default) or an importer's (alflb.importers.FORMATS); "
+                        "the simulator needs a scores-tier trace")
     p.add_argument("--layer", type=int, default=0, help="which layer of the trace (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     group = p.add_mutually_exclusive_group()
@@ -95,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
     stream, stream_params = args.stream, dict(args.stream_param)
     sizes = {"steps": args.steps, "tokens": args.tokens, "experts": args.experts}
     if args.trace:
-        from ..traces import load_trace
+        from ..traces import import_trace
 
-        trace = load_trace(args.trace)
+        trace = import_trace(args.trace, format=args.trace_format)
+        # Regret needs every expert's score of every token; no importer yields scores yet, so
+        # the stream below reads alflb files only.
+        trace.require("scores", args.trace)
         n_steps, n_layers, n_tokens, n_experts = trace.shape
         if not 0 <= args.layer < n_layers:
             raise InvalidInputError(f"--layer {args.layer} out of range: the trace has {n_layers} layers")
@@ -108,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 "replay the model's own routing, or record a trace with that k")
         if args.k is None and recorded_k is not None:
             args.k = int(recorded_k)
+        _trace_semantics_note(trace, args.trace)
         stream, stream_params = "trace", {"path": args.trace, "layer": args.layer, **stream_params}
         for key, value in (("steps", n_steps), ("tokens", n_tokens), ("experts", n_experts)):
             if sizes[key] is None:
@@ -141,6 +148,17 @@ def run(args: argparse.Namespace) -> int:
         _report_ep(result, args)
     print(f"run folder: {args.out}")
     return 0
+
+
+def _trace_semantics_note(trace, path) -> None:
+    """Say which of the trace's routing semantics the simulator follows, and which it cannot."""
+    sem = trace.semantics
+    print(f"trace: {path}, tier {trace.tier}, {sem.describe()}")
+    if sem.group_limited:
+        print(f"note: the trace was routed group-limited (n_group = {sem.n_group}, topk_group = "
+              f"{sem.topk_group}); the simulator routes plain top-{sem.k} over all experts, so regret "
+              "is measured against the plain top-K optimum, an upper bound on what group-limited "
+              "routing can reach (alflb.integrations.replay replays the groups)", file=sys.stderr)
 
 
 def _warn_time_scale(config, policies) -> None:

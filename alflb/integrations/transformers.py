@@ -252,9 +252,10 @@ def record_routing(
     accumulate; no optimiser step), so checkpointed layers recompute; recomputations are
     never recorded, nor padding tokens, nor (with ``only_training``) eval forwards.
 
-    Returns the :class:`~alflb.traces.Trace`; with ``path`` it is saved there and the
-    selected ids ``topk_NLTK`` are saved beside it (``<stem>.topk.npz``, named in the
-    metadata as ``topk_file``).
+    Returns the :class:`~alflb.traces.Trace` (tier ``"scores"``, with its selected ids
+    ``topk_NLTK`` and, when every router has a bias, the ``bias_NLE`` each step was
+    routed with); with ``path`` it is saved there, and the ids and biases also beside it
+    (``<stem>.topk.npz``, named in the metadata as ``topk_file``) for older readers.
     """
     rec = RoutingRecorder(model, only_training=only_training)
     try:
@@ -273,11 +274,16 @@ def record_routing(
         path = Path(path)
         meta["topk_file"] = path.with_suffix(".topk.npz").name
     trace = rec.to_trace(tokens_per_step, meta)
+    _, topk = rec.arrays(tokens_per_step)
+    extra = {}
+    if all(b is not None for step in rec.bias_steps for b in step):
+        extra["bias_NLE"] = np.asarray(rec.bias_steps, dtype=np.float32)  # per recorded batch
+    # The ids (and the biases, when the steps are the recorded batches) travel in the trace
+    # itself; the sidecar stays for readers of the earlier two-file layout.
+    same_steps = extra.get("bias_NLE") is not None and len(extra["bias_NLE"]) == trace.shape[0]
+    trace = Trace(trace.scores_NLTE, trace.loads_NLE, trace.metadata, topk,
+                  extra["bias_NLE"] if same_steps else None)
     if path is not None:
-        _, topk = rec.arrays(tokens_per_step)
-        extra = {}
-        if all(b is not None for step in rec.bias_steps for b in step):
-            extra["bias_NLE"] = np.asarray(rec.bias_steps, dtype=np.float32)  # per recorded batch
         save_npz_atomic(path.with_suffix(".topk.npz"), topk_NLTK=topk, **extra)
         trace.save(path)
     return trace
