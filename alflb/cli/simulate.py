@@ -13,6 +13,7 @@ recorded trace (:mod:`alflb.traces`) instead of a synthetic stream.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import InvalidInputError
 from ._args import key_value
