@@ -39,7 +39,8 @@ _EXPORTS: dict[str, str] = {
                      "certify", "solve"), ".solvers"),
     **dict.fromkeys(("available_streams", "make_stream"), ".streams"),
     **dict.fromkeys(("SweepConfig", "SweepResult", "run_sweep"), ".sweep"),
-    **dict.fromkeys(("Trace", "TraceRecorder", "load_trace", "save_trace"), ".traces"),
+    **dict.fromkeys(("Trace", "TraceRecorder", "import_trace", "load_trace", "save_trace"),
+                    ".traces"),
 }
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "dual_subgradient",
     "expert_load",
     "imbalance_summary",
+    "import_trace",
     "lagrangian",
     "load_trace",
     "make_rule",
@@ -155,4 +157,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     )
     from .streams import available_streams, make_stream
     from .sweep import SweepConfig, SweepResult, run_sweep
-    from .traces import Trace, TraceRecorder, load_trace, save_trace
+    from .traces import Trace, TraceRecorder, import_trace, load_trace, save_trace
