@@ -22,11 +22,10 @@ References
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InvalidInputError
-from .config import SCORE_FUNCS, ModelConfig, get_preset
-from .transformer import DeepSeekMoE, MoELayer, Router, RouterOutput
+from .config import ModelConfig, get_preset
+from .transformer import DeepSeekMoE, MoELayer, Router
 
 __all__ = ["HashRouter", "build_deepseek_v4", "hash_loads", "hash_table"]
 
@@ -69,21 +68,15 @@ class HashRouter(Router):
     def set_token_ids(self, idx_BT: torch.Tensor) -> None:
         self._ids = idx_BT
 
-    def forward(self, x_TD: torch.Tensor, batch_size: int = 1) -> RouterOutput:
-        if self._ids is None or self._ids.numel() != x_TD.shape[0]:
+    def select(self, scores_TE: torch.Tensor) -> torch.Tensor:
+        """The experts of each token from the hash table of its id (no bias, no scores).
+
+        The rest of the forward (gates from the unbiased scores, counting) is the
+        :class:`~alflb.model.transformer.Router`'s own.
+        """
+        if self._ids is None or self._ids.numel() != scores_TE.shape[0]:
             raise InvalidInputError("a hash-routed layer needs the token ids of this forward (set_token_ids)")
-        with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            logits_TE = F.linear(x_TD.float(), self.weight.float())  # (T, E) fp32
-            scores_TE = SCORE_FUNCS[self.score_func](logits_TE)  # (T, E) fp32
-            topk_TK = self.table_VK[self._ids.reshape(-1)]  # (T, K) by token id, no bias
-            gates_TK = scores_TE.gather(1, topk_TK)  # (T, K)
-            if self.normalize_gates:
-                gates_TK = gates_TK / (gates_TK.sum(-1, keepdim=True) + 1e-20)
-            gates_TK = gates_TK * self.route_scale
-        if self.counting():
-            with torch.no_grad():
-                self.load_count += torch.bincount(topk_TK.reshape(-1), minlength=self.n_experts)
-        return RouterOutput(scores_TE, topk_TK, gates_TK, batch_size)
+        return self.table_VK[self._ids.reshape(-1)]  # (T, K) by token id
 
 
 def _feed_ids(model: DeepSeekMoE, args, kwargs) -> None:
