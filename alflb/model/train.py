@@ -171,15 +171,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     device = resolve_device(cfg.device)
     check_memory(cfg, device)
     ctx = setup_distributed(device, distributed)
+    run = None
     try:
         check_shardable(cfg.batch_size, cfg.grad_accum, ctx.world_size)
         rule = cfg.balance.make_rule()
-        if ctx.world_size > 1 and rule is not None and rule.needs_scores:
+        # A rule whose score statistic is a sum (histogram quantile) is all-reduced; the exact
+        # quantile needs the sorted scores of the whole global batch, which no rank holds.
+        if (ctx.world_size > 1 and rule is not None and rule.needs_scores
+                and not getattr(rule, "reducible_scores", False)):
             raise InvalidInputError(
                 f"the {rule.name!r} rule needs the router scores of the whole global batch, which "
                 "data-parallel ranks do not gather; train it in one process"
             )
-        run = None
         with StopRequest(announce=ctx.is_main) as stop_request:
             run = _Run(cfg, ctx, distributed or DistConfig(), t_start, tensorboard=tensorboard)
             return run.execute(Path(out_dir), resume, overwrite, stop_after, stop_request)
@@ -264,7 +267,8 @@ class _Run:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.model = model = DeepSeekMoE(cfg.model).to(self.device)
-        self.balancer = Balancer(cfg.balance, model, reduce_counts=self.ctx.reduce_counts)
+        self.balancer = Balancer(cfg.balance, model, reduce_counts=self.ctx.reduce_counts,
+                                 reduce_sum=self._reduce_sum)
         self.balancer.init_biases(model)
         self.optimizer = make_optimizer(model, cfg)
         if ckpt is not None:
@@ -275,6 +279,10 @@ class _Run:
             self.start = int(ckpt.get("data_position", ckpt["step"]))
         self.net = wrap_model(model, self.ctx)  # DDP on several ranks (gradients averaged), else the model
         self.blocks = moe_block_indices(model)
+
+    def _reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """A reducible rule's accumulators summed over ranks (one ``all_reduce`` per step)."""
+        return self.ctx.all_reduce(x, "the all-reduce of the bias rule's score histograms")
 
     def open_logs(self, corpus: Corpus, *, resumed: bool) -> None:
         """``config.json``, the CSV logs and the trace (truncated to the resumed step), the data."""
