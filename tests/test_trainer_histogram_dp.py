@@ -22,8 +22,8 @@ from model_corpus import stdlib_corpus
 from alflb.cli import main
 from alflb.model.balancing import BalanceConfig, Balancer
 from alflb.model.config import get_preset
-from alflb.model.transformer import DeepSeekMoE
 from alflb.model.train import TrainConfig, train
+from alflb.model.transformer import DeepSeekMoE
 
 STEPS = 2
 
