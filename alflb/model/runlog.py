@@ -15,7 +15,10 @@ With ``--tensorboard`` the metrics also go to ``tensorboard/`` (:meth:`RunLogs.o
 ``loads_NLE`` (the loads the model routed with its bias) and ``metadata`` with ``k``,
 ``score_func``, ``steps`` (the 1-based optimiser steps traced), ``bias_NLE`` (the fp32
 biases used for routing those steps; the router adds the bias, an overloaded expert's
-bias goes down) and ``moe_blocks``; ``alflb simulate --trace FILE`` replays it.
+bias goes down), ``moe_blocks``, ``semantics`` (the model's
+:class:`~alflb.model.config.ModelConfig` ``semantics``) and ``routing`` (``k``,
+``score_func``, ``n_groups``, ``topk_groups``, ``route_scale``: how the model selected
+experts); ``alflb simulate --trace FILE`` replays it.
 """
 
 from __future__ import annotations
@@ -170,9 +173,12 @@ class RunTrace:
     """
 
     def __init__(self, run_dir: Path, *, top_k: int, score_func: str, blocks: Sequence[int],
-                 resume_step: int, enabled: bool) -> None:
+                 resume_step: int, enabled: bool, semantics: str | None = None,
+                 routing: dict[str, Any] | None = None) -> None:
         self.path = run_dir / "traces" / "trace.npz"
         self.top_k, self.score_func, self.blocks = top_k, score_func, list(blocks)
+        # whose definitions the model follows, and how it routes: what a replay must reproduce
+        self.semantics, self.routing = semantics, dict(routing or {})
         self.enabled = enabled
         self.recorder = TraceRecorder(None)
         if not enabled:
@@ -207,4 +213,8 @@ class RunTrace:
             "k": int(self.top_k), "steps": [int(s) for s in rec.labels],
             "bias_NLE": rec.bias_NLE.astype(np.float64).tolist(), "activation": self.score_func,
         }
+        if self.semantics is not None:
+            metadata["semantics"] = self.semantics
+        if self.routing:
+            metadata["routing"] = self.routing
         rec.to_trace(metadata).save(self.path)

@@ -81,6 +81,7 @@ from ..metrics import max_violation
 from ..runio import RunLock, atomic_write_json, prepare_run_folder
 from .balancing import Balancer
 from .checkpoint import latest_checkpoint, resumable_checkpoint, save_checkpoint
+from .config import ModelConfig
 from .data import BatchSampler, Corpus, load_corpus, validation_windows
 from .distributed import (
     DistConfig,
@@ -190,6 +191,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
         if run is not None and run.lock is not None:
             run.lock.release()
         teardown_distributed(ctx)
+
+
+def routing_semantics(model: ModelConfig) -> dict[str, Any]:
+    """How the model routes, as a trace's metadata records it (``k``, ``score_func``, groups, scale)."""
+    return {"k": int(model.top_k), "score_func": model.score_func, "n_groups": int(model.n_groups),
+            "topk_groups": int(model.topk_groups), "route_scale": float(model.route_scale)}
 
 
 class _Run:
@@ -309,7 +316,8 @@ class _Run:
             self.logs.open_tensorboard(run_dir / "tensorboard", self.start)
         self.trace = RunTrace(run_dir, top_k=cfg.model.top_k, score_func=cfg.model.score_func,
                               blocks=self.blocks, resume_step=self.start,
-                              enabled=bool(cfg.trace_steps) and self.main)
+                              enabled=bool(cfg.trace_steps) and self.main, semantics=cfg.model.semantics,
+                              routing=routing_semantics(cfg.model))
         ctx.barrier("the barrier after opening the run folder")
         if resume_step:
             self.history = [r["maxvio_batch"] for r in read_metrics(run_dir) if r["step"] <= self.start]
