@@ -27,7 +27,9 @@ Run folder
     One row per optimiser step: ``step, lr, loss, lm_loss, balance_loss, grad_norm,
     maxvio_batch, maxvio_batch_layer{b}..., maxvio_computation_batch``, timings, and at
     evaluation steps ``val_loss, val_ppl, val_bpb, maxvio_global, maxvio_global_layer{b}...`` (``b`` is
-    the block index of the MoE layer).
+    the block index of the MoE layer); with an expert-parallel layout (``TrainConfig.ep``,
+    ``--ep-ranks``) also ``ep_overload_factor, ep_time_lost_pct, ep_step_time_s`` of the
+    step's loads on that layout (:func:`alflb.ep.ep_columns`, layers summed in time).
 ``loads.csv``, ``biases.csv``
     One row per step and MoE layer: the global-batch loads ``A_k`` / the biases after the
     update.
@@ -99,7 +101,7 @@ from .distributed import (
 )
 from .evaluate import EvalResult, autocast, evaluate, evaluate_sharded
 from .launch import StopRequest
-from .runlog import RunLogs, RunTrace, read_metrics
+from .runlog import EP_COLUMNS, RunLogs, RunTrace, read_metrics
 from .train_config import TRAIN_PRESETS, TrainConfig, check_memory, check_resumable, load_run_config
 from .train_support import (
     TrainingDiverged,
@@ -197,6 +199,23 @@ def routing_semantics(model: ModelConfig) -> dict[str, Any]:
     """How the model routes, as a trace's metadata records it (``k``, ``score_func``, groups, scale)."""
     return {"k": int(model.top_k), "score_func": model.score_func, "n_groups": int(model.n_groups),
             "topk_groups": int(model.topk_groups), "route_scale": float(model.route_scale)}
+
+
+def ep_step_columns(cfg: TrainConfig, loads_LE: np.ndarray) -> dict[str, float]:
+    """One step's expert-parallel columns (:func:`alflb.ep.ep_columns` of every MoE layer).
+
+    The step time models the run's own expert shape (``d_model``, ``expert_hidden``,
+    ``top_k``) with the :class:`~alflb.ep.timing.TimeModel` defaults otherwise; it is the
+    sum over layers, the overload factor their mean.
+    """
+    from ..ep.report import ep_columns
+    from ..ep.timing import TimeModel
+
+    m = cfg.model
+    model = TimeModel(hidden=m.d_model, expert_ffn=m.expert_hidden, top_k=m.top_k)
+    cols = ep_columns(np.asarray(loads_LE, dtype=np.float64)[:, None, :], cfg.ep.placement_for(m.n_routed_experts),
+                      model)  # (L, N=1, E)
+    return {name: float(cols[name][0]) for name in EP_COLUMNS}
 
 
 class _Run:
@@ -311,7 +330,8 @@ class _Run:
                 "torch": torch.__version__,
             })
         resume_step = self.start if resumed else None
-        self.logs = RunLogs(run_dir, self.blocks, cfg.model.n_routed_experts, resume_step, write=self.main)
+        self.logs = RunLogs(run_dir, self.blocks, cfg.model.n_routed_experts, resume_step, write=self.main,
+                            ep=cfg.ep is not None)
         if self.tensorboard and self.main:
             self.logs.open_tensorboard(run_dir / "tensorboard", self.start)
         self.trace = RunTrace(run_dir, top_k=cfg.model.top_k, score_func=cfg.model.score_func,
@@ -426,6 +446,8 @@ class _Run:
             "elapsed_s": time.perf_counter() - self.t_start,
         }
         row.update({f"maxvio_batch_layer{b}": float(v) for b, v in zip(self.blocks, s.maxvio_L)})
+        if cfg.ep is not None:
+            row.update(ep_step_columns(cfg, s.loads_LE))
         self.logs.write_layers(s.done, s.loads_LE, self.model.biases().cpu().numpy())
         if s.scores_LTE is not None:
             scores_LTE = gather_tokens(self.ctx, s.scores_LTE).numpy()[:, : cfg.trace_max_tokens]
