@@ -83,7 +83,6 @@ from ..metrics import max_violation
 from ..runio import RunLock, atomic_write_json, prepare_run_folder
 from .balancing import Balancer
 from .checkpoint import latest_checkpoint, resumable_checkpoint, save_checkpoint
-from .config import ModelConfig
 from .data import BatchSampler, Corpus, load_corpus, validation_windows
 from .distributed import (
     DistConfig,
@@ -101,7 +100,7 @@ from .distributed import (
 )
 from .evaluate import EvalResult, autocast, evaluate, evaluate_sharded
 from .launch import StopRequest
-from .runlog import EP_COLUMNS, RunLogs, RunTrace, read_metrics
+from .runlog import RunLogs, RunTrace, read_metrics
 from .train_config import TRAIN_PRESETS, TrainConfig, check_memory, check_resumable, load_run_config
 from .train_support import (
     TrainingDiverged,
@@ -111,10 +110,12 @@ from .train_support import (
     _grad_norm,
     _rng_state,
     _set_rng_state,
+    ep_step_columns,
     learning_rate,
     make_optimizer,
     moe_block_indices,
     resolve_device,
+    routing_semantics,
 )
 from .transformer import DeepSeekMoE
 
@@ -193,29 +194,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
         if run is not None and run.lock is not None:
             run.lock.release()
         teardown_distributed(ctx)
-
-
-def routing_semantics(model: ModelConfig) -> dict[str, Any]:
-    """How the model routes, as a trace's metadata records it (``k``, ``score_func``, groups, scale)."""
-    return {"k": int(model.top_k), "score_func": model.score_func, "n_groups": int(model.n_groups),
-            "topk_groups": int(model.topk_groups), "route_scale": float(model.route_scale)}
-
-
-def ep_step_columns(cfg: TrainConfig, loads_LE: np.ndarray) -> dict[str, float]:
-    """One step's expert-parallel columns (:func:`alflb.ep.ep_columns` of every MoE layer).
-
-    The step time models the run's own expert shape (``d_model``, ``expert_hidden``,
-    ``top_k``) with the :class:`~alflb.ep.timing.TimeModel` defaults otherwise; it is the
-    sum over layers, the overload factor their mean.
-    """
-    from ..ep.report import ep_columns
-    from ..ep.timing import TimeModel
-
-    m = cfg.model
-    model = TimeModel(hidden=m.d_model, expert_ffn=m.expert_hidden, top_k=m.top_k)
-    cols = ep_columns(np.asarray(loads_LE, dtype=np.float64)[:, None, :], cfg.ep.placement_for(m.n_routed_experts),
-                      model)  # (L, N=1, E)
-    return {name: float(cols[name][0]) for name in EP_COLUMNS}
 
 
 class _Run:
