@@ -34,8 +34,10 @@ prefix's own pooled optimum; it is computed on a log-spaced grid of ``n``
 
 With ``eps_n = 1/(mu n)`` and a ``mu``-strongly convex ``F`` the standard argument [HAK]
 gives :math:`\mathbb E R_N \le (G^2 / 2\mu)(1 + \ln N)`; constant steps (the sign rule
-included) grow like :math:`\sqrt N` or ``N``. :func:`fit_growth` fits ``R_n`` against
-``ln n``, ``sqrt n`` and ``n`` by least squares and names the best fit.
+included) grow like :math:`\sqrt N` or ``N``. :func:`classify_growth` decides whether
+per-seed regret at doubling horizons grows like ``ln N`` (increments per doubling flat
+within their interval and a free exponent below 1/2); :func:`fit_growth` only describes a
+curve by least squares against ``ln n``, ``sqrt n`` and ``n``.
 
 References
 ----------
@@ -57,7 +59,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,7 +72,9 @@ from .problem import AssignmentProblem
 __all__ = [
     "ConfidenceBand",
     "GrowthFit",
+    "GrowthVerdict",
     "batch_dual",
+    "classify_growth",
     "confidence_band",
     "dynamic_regret",
     "estimate_pstar",
@@ -284,6 +288,8 @@ def confidence_band(values_S: Any, level: float = 0.95, axis: int = 0) -> Confid
 class GrowthFit:
     """Least-squares fits ``R_n ~ a + b h(n)`` for ``h`` in ``ln n``, ``sqrt n``, ``n``.
 
+    A description of a curve, not a verdict on its growth: see :func:`classify_growth`.
+
     Attributes
     ----------
     coefficients : dict
@@ -291,12 +297,17 @@ class GrowthFit:
     r_squared : dict
         Coefficient of determination of each fit.
     best : str
-        The model with the smallest residual sum of squares (all have two parameters).
+        The model with the smallest residual sum of squares (all have two parameters),
+        except that it is never ``"log"`` when ``verdict`` is ``"growing"``.
+    verdict : str or None
+        :func:`classify_growth`'s verdict when per-seed curves at >= 4 doubling horizons
+        were given, else ``None``.
     """
 
     coefficients: dict[str, tuple[float, float]]
     r_squared: dict[str, float]
     best: str
+    verdict: str | None = None
 
 
 _GROWTH = {"log": np.log, "sqrt": np.sqrt, "linear": lambda n: n.astype(np.float64)}
@@ -312,14 +323,30 @@ def fit_growth(n_G: Any, regret_G: Any) -> GrowthFit:
 
     and ``best`` is the ``h`` with the smallest residual sum of squares.
 
+    .. deprecated::
+        As a test of logarithmic regret. This is a descriptive fit, not a verdict: on
+        short horizons a constant step's transient fits ``ln n`` best although its regret
+        grows. Decide growth with :func:`classify_growth`. Given per-seed curves
+        ``regret_SG`` (S >= 2) at doubling horizons (>= 4), the fit is of the seed mean
+        and the classifier runs too: ``best`` is never ``"log"`` for data it calls
+        ``"growing"`` (the best of the other two is reported, and ``verdict`` says why).
+
+    Parameters
+    ----------
+    n_G : array (G,)
+        Horizons.
+    regret_G : array (G,) or (S, G)
+        Regret at each horizon, one curve or one per seed.
+
     >>> n = np.array([1, 4, 16, 64, 256])
     >>> fit_growth(n, 3.0 + 2.0 * np.log(n)).best
     'log'
     """
     n = np.asarray(n_G, dtype=np.float64)
-    r = np.asarray(regret_G, dtype=np.float64)
+    r_all = np.asarray(regret_G, dtype=np.float64)
+    r = r_all.mean(axis=0) if r_all.ndim == 2 else r_all
     if n.shape != r.shape or n.ndim != 1 or len(n) < 3:
-        raise InvalidInputError(f"need matching 1-D arrays of >= 3 points, got {n.shape} and {r.shape}")
+        raise InvalidInputError(f"need matching 1-D arrays of >= 3 points, got {n.shape} and {r_all.shape}")
     coefs, r2, sse = {}, {}, {}
     total = float(np.sum((r - r.mean()) ** 2))
     for name, h in _GROWTH.items():
@@ -330,4 +357,132 @@ def fit_growth(n_G: Any, regret_G: Any) -> GrowthFit:
         coefs[name] = (float(beta[0]), float(beta[1]))
         r2[name] = 1.0 - sse[name] / total if total > 0 else 1.0
     best = min(sse, key=sse.get)
-    return GrowthFit(coefs, r2, best)
+    verdict = None
+    if r_all.ndim == 2 and r_all.shape[0] >= 2 and len(n) >= 4 and np.allclose(n[1:] / n[:-1], 2.0):
+        verdict = classify_growth(n, r_all).verdict
+        if verdict == "growing" and best == "log":
+            best = min((k for k in sse if k != "log"), key=sse.get)
+    return GrowthFit(coefs, r2, best, verdict)
+
+
+# Flat: the increments of sqrt(N) grow by a factor sqrt(2) per doubling; flatness must
+# exclude that (upper limit of the relative slope below sqrt(2) - 1) while including 0.
+FLAT_MAX = 2**0.5 - 1
+EXPONENT_MAX = 0.5  # the exponent of sqrt(N), which ln N must be shown to be below
+
+
+@dataclass(frozen=True)
+class GrowthVerdict:
+    """:func:`classify_growth`'s verdict and the statistics it rests on (95% intervals)."""
+
+    verdict: str  # "ln N", "growing" or "inconclusive"
+    horizons: list[int]
+    increments_mean: list[float]  # per doubling, mean over seeds
+    increments_ci: list[tuple[float, float]]  # t-interval over seeds per doubling
+    rel_slope: float  # relative growth of the tail increments per doubling
+    rel_slope_ci: tuple[float, float]
+    exponent: float  # free exponent of the seed-mean regret on the tail horizons
+    exponent_ci: tuple[float, float]  # seed bootstrap
+    n_seeds: int
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        inc = ", ".join(f"{m:.3g}" for m in self.increments_mean)
+        return (f"{self.verdict}: increments/doubling [{inc}], rel. slope {self.rel_slope:.3f} "
+                f"[{self.rel_slope_ci[0]:.3f}, {self.rel_slope_ci[1]:.3f}], exponent "
+                f"{self.exponent:.3f} [{self.exponent_ci[0]:.3f}, {self.exponent_ci[1]:.3f}], "
+                f"{self.n_seeds} seeds")
+
+
+def _t_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    n = len(x)
+    m = float(np.mean(x))
+    if n < 2:
+        return (m, m)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * np.std(x, ddof=1) / np.sqrt(n))
+    return (m - half, m + half)
+
+
+def _exponent(horizons: np.ndarray, mean_r: np.ndarray) -> float:
+    if np.any(mean_r <= 0):
+        return float("nan")
+    return float(np.polyfit(np.log(horizons), np.log(mean_r), 1)[0])
+
+
+def classify_growth(horizons_J: Any, regret_SJ: Any, n_tail: int | None = None, n_boot: int = 2000,
+                    seed: int = 0) -> GrowthVerdict:
+    r"""Is regret logarithmic? A classifier that a constant step cannot pass.
+
+    For regret :math:`R_s(N_j)` of seeds ``s`` at doubling horizons :math:`N_j = N_0 2^j`:
+
+    .. math::
+
+        D_{sj} = R_s(N_{j+1}) - R_s(N_j), \qquad
+        \rho_s = \frac{\operatorname{slope}_j D_{sj}}{\overline{D}}, \qquad
+        e = \operatorname{slope}\big(\ln N_j,\ \ln \textstyle\frac1S \sum_s R_s(N_j)\big),
+
+    on the last ``n_tail`` doublings (default half of them, at least 3). For
+    :math:`R = a + b \ln N` the increments are constant (:math:`\rho = 0`) and the local
+    exponent is :math:`1/\ln N`; for :math:`N^e` the increments grow by :math:`2^e` per
+    doubling (:math:`\rho \approx 2^e - 1`). Intervals: a 95% t-interval over seeds for
+    :math:`\rho` and each doubling's increment, a 95% seed bootstrap (``n_boot`` draws,
+    ``seed``) for :math:`e`. Verdict:
+
+    - ``"ln N"`` iff the mean increment is positive, the :math:`\rho` interval contains 0
+      and lies below :math:`\sqrt 2 - 1` (the growth of :math:`\sqrt N`'s increments), and
+      the exponent's upper limit is below 1/2;
+    - ``"growing"`` iff the :math:`\rho` interval lies above 0 (positive increments) or the
+      exponent's lower limit is at least 1/2;
+    - ``"inconclusive"`` otherwise (too few seeds or horizons to tell).
+
+    Parameters
+    ----------
+    horizons_J : array (J,)
+        Doubling horizons, ``J >= 4``.
+    regret_SJ : array (S, J)
+        Regret of each seed at each horizon.
+
+    Raises :class:`~alflb.errors.InvalidInputError` (a ``ValueError``) for other shapes
+    or horizons that do not double.
+
+    >>> rng = np.random.default_rng(0)
+    >>> n = 2.0 ** np.arange(4, 13)
+    >>> noise = rng.normal(size=(16, len(n))) * 0.3
+    >>> classify_growth(n, 5 + 3 * np.log(n) + noise).verdict
+    'ln N'
+    >>> classify_growth(n, np.sqrt(n) + noise).verdict
+    'growing'
+    """
+    n = np.asarray(horizons_J, dtype=np.float64)
+    r = np.asarray(regret_SJ, dtype=np.float64)
+    if r.ndim != 2 or n.ndim != 1 or r.shape[1] != len(n) or len(n) < 4:
+        raise InvalidInputError(f"need (S, J) regret with J = len(horizons) >= 4, got {r.shape}")
+    if not np.allclose(n[1:] / n[:-1], 2.0):
+        raise InvalidInputError("horizons must double")
+    n_seeds = r.shape[0]
+    inc = np.diff(r, axis=1)  # (S, J-1)
+    n_tail = n_tail or max(3, inc.shape[1] // 2)
+    tail = inc[:, -n_tail:]
+    level = float(tail.mean())
+    j = np.arange(n_tail, dtype=np.float64)
+    slopes = np.polyfit(j, tail.T, 1)[0] / abs(level) if level != 0 else np.full(n_seeds, np.nan)
+    rel = float(np.mean(slopes))
+    rel_ci = _t_ci(slopes)
+    tail_h = n[-(n_tail + 1):]
+    expo = _exponent(tail_h, r[:, -(n_tail + 1):].mean(axis=0))
+    rng = np.random.default_rng(seed)
+    boots = np.array([_exponent(tail_h, r[rng.integers(n_seeds, size=n_seeds), -(n_tail + 1):].mean(axis=0))
+                      for _ in range(n_boot)])
+    boots = boots[np.isfinite(boots)]
+    expo_ci = ((float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)))
+               if len(boots) > n_boot // 2 else (float("nan"), float("nan")))
+    flat = rel_ci[0] <= 0.0 <= rel_ci[1] and rel_ci[1] < FLAT_MAX
+    if level > 0 and flat and expo_ci[1] < EXPONENT_MAX:
+        verdict = "ln N"
+    elif (level > 0 and rel_ci[0] > 0) or expo_ci[0] >= EXPONENT_MAX:
+        verdict = "growing"
+    else:
+        verdict = "inconclusive"
+    return GrowthVerdict(verdict, [int(h) for h in n], [float(v) for v in inc.mean(axis=0)],
+                         [_t_ci(inc[:, i]) for i in range(inc.shape[1])], rel, rel_ci, expo, expo_ci,
+                         n_seeds)

@@ -117,6 +117,13 @@ def add_parser(subparsers) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ep-ranks", type=int, default=None, metavar="R",
+                   help="model an expert-parallel layout of R ranks: metrics.csv gains ep_overload_factor, "
+                        "ep_time_lost_pct and ep_step_time_s per step (stored in the run's configuration)")
+    p.add_argument("--ep-nodes", type=int, default=None, metavar="N",
+                   help="nodes the --ep-ranks form (default 1)")
+    p.add_argument("--placement", default=None, choices=("contiguous", "round_robin"),
+                   help="expert placement of the --ep-ranks layout (default contiguous)")
     p.add_argument("--nproc", type=int, default=1,
                    help="local data-parallel processes (gloo on CPU; default 1). "
                         "Under torchrun leave it at 1: torchrun starts the processes")
@@ -183,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
         }.items() if v is not None
     }
     changes["progress"] = not args.no_progress
+    if args.ep_ranks is not None:
+        from ..model.train_config import EPLayout
+
+        changes["ep"] = EPLayout(ranks=args.ep_ranks, nodes=args.ep_nodes or 1,
+                                 placement=args.placement or "contiguous")
+    elif args.ep_nodes is not None or args.placement is not None:
+        raise InvalidInputError("--ep-nodes and --placement describe the --ep-ranks layout: give --ep-ranks too")
     out = Path(args.out)
     if args.config is not None and args.resume:
         raise InvalidInputError("--config starts a new run and --resume continues one: pass one of them")

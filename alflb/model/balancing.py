@@ -41,7 +41,11 @@ any rule of :mod:`alflb.rules` (``sign``, ``centred``, ``uniform``, ``decay``, `
     under the ``megatron`` and ``torchtitan`` semantics). ``seq_alpha > 0`` adds the
     complementary sequence-wise loss ([V3] uses both). Under a semantics that centres
     (``torchtitan``) the ``sign`` rule runs as ``centred``; under ``megatron``, quantile
-    balancing averages the per-micro-batch sweeps.
+    balancing averages the per-micro-batch sweeps. A rule whose score statistic is a sum
+    (``reducible_scores``: ``histogram_quantile``) accumulates it per micro-batch
+    (``rule.accumulate``), the accumulators are summed over data-parallel ranks by the
+    injected ``reduce_sum`` (one reduction per optimiser step) and ``rule.finalise`` runs
+    once; its ``micro_batch`` scope is then the trainer's micro-batches.
 
 Sign convention: the router adds the bias; an overloaded expert's bias goes down. The
 bias is an fp32 tensor, and the rule computes in fp32 (it keeps the bias's dtype).
@@ -210,8 +214,16 @@ def sequence_aux_loss(routing: RouterOutput, semantics: Semantics | str | None =
 CountReducer = Callable[[torch.Tensor, int], tuple[torch.Tensor, int]]
 
 
+# a float64 vector of this process -> the same summed over data-parallel ranks
+SumReducer = Callable[[torch.Tensor], torch.Tensor]
+
+
 def _local_counts(counts_LE: torch.Tensor, n_tokens: int) -> tuple[torch.Tensor, int]:
     return counts_LE, n_tokens
+
+
+def _local_sum(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Balancer:
@@ -232,7 +244,7 @@ class Balancer:
     """
 
     def __init__(self, cfg: BalanceConfig, model: DeepSeekMoE, *,
-                 reduce_counts: CountReducer | None = None) -> None:
+                 reduce_counts: CountReducer | None = None, reduce_sum: SumReducer | None = None) -> None:
         self.cfg = cfg
         self.semantics = get_semantics(model.cfg.semantics)
         self.rule = cfg.make_rule()
@@ -240,6 +252,9 @@ class Balancer:
             # torchtitan centres every sign step (routing is unchanged, the bias stops drifting)
             self.rule = _rules.CentredSignRule(u=self.rule.u, schedule=self.rule.schedule)
         self.reduce_counts = reduce_counts or _local_counts
+        self.reduce_sum = reduce_sum or _local_sum
+        # the score statistic is a sum over tokens: accumulate per micro-batch, reduce, finalise
+        self.reducible = self.rule is not None and bool(getattr(self.rule, "reducible_scores", False))
         routers = model.routers()
         self.n_layers = len(routers)
         E = model.cfg.n_routed_experts
@@ -247,6 +262,7 @@ class Balancer:
         model.set_selection(self.rule.capabilities().selection if self.rule is not None else "add")
         self.states: list[_rules.RuleState | None] = [None] * self.n_layers
         self._scores: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
+        self._accs: list[Any] = [None] * self.n_layers  # reducible rules: this step's accumulators
         self._tokens = 0
         self._micro_batches = 0
         self._aux_counts: torch.Tensor | None = None  # (L, E) running counts of aux_topk (global_aux)
@@ -262,6 +278,7 @@ class Balancer:
     def begin_step(self, model: DeepSeekMoE) -> None:
         model.reset_loads()
         self._scores = [[] for _ in range(self.n_layers)]
+        self._accs = [None] * self.n_layers
         self._tokens = 0
         self._micro_batches = 0
         self._aux_counts = None
@@ -272,7 +289,12 @@ class Balancer:
         self._tokens += n_tokens
         self._micro_batches += 1
         sem = self.semantics
-        if self.rule is not None and self.rule.needs_scores:
+        if self.reducible:
+            routers = model.routers()
+            for i, r in enumerate(routing):  # (T, E) scores of this micro-batch, routed with this bias
+                self._accs[i] = self.rule.accumulate(r.scores_TE.detach(), routers[i].expert_bias,
+                                                     self._accs[i], k=self.top_k)
+        elif self.rule is not None and self.rule.needs_scores:
             for i, r in enumerate(routing):
                 self._scores[i].append(r.scores_TE.detach())
         mode, alpha = self.cfg.mode, self.cfg.loss_alpha
@@ -331,6 +353,31 @@ class Balancer:
         mean = np.mean([np.asarray(torch.as_tensor(o.bias_E).double()) for o in outs], axis=0)
         return torch.as_tensor(mean), outs[-1].state
 
+    def _reduced_accumulators(self) -> list[Any]:
+        """This step's accumulators of every layer summed over ranks: one ``reduce_sum`` call.
+
+        Counts, estimate sums and the two integers travel in one float64 vector (counts
+        below ``2**53`` are exact in float64) and come back as int64 counts.
+        """
+        accs = self._accs
+        if any(a is None for a in accs):
+            raise InvalidInputError("no micro-batch was accumulated in this optimiser step")
+        parts = []
+        for a in accs:
+            parts += [a.counts_EB.reshape(-1).to(torch.float64), a.bias_sum_E.reshape(-1).to(torch.float64),
+                      a.counts_EB.new_tensor([a.n_batches, a.n_tokens], dtype=torch.float64)]
+        packed = self.reduce_sum(torch.cat(parts))
+        out, pos = [], 0
+        for a in accs:
+            n_c, n_b = a.counts_EB.numel(), a.bias_sum_E.numel()
+            counts = packed[pos:pos + n_c].round().to(torch.int64).view_as(a.counts_EB)
+            bias_sum = packed[pos + n_c:pos + n_c + n_b].view_as(a.bias_sum_E)
+            n_batches, n_tokens = (int(v) for v in packed[pos + n_c + n_b:pos + n_c + n_b + 2].tolist())
+            pos += n_c + n_b + 2
+            out.append(dataclasses.replace(a, counts_EB=counts, bias_sum_E=bias_sum,
+                                           n_batches=n_batches, n_tokens=n_tokens))
+        return out
+
     @torch.no_grad()
     def end_step(self, model: DeepSeekMoE, loads_LE: torch.Tensor | None = None) -> torch.Tensor:
         """Update the biases from the global-batch loads ``(L, E)`` and return the loads.
@@ -342,12 +389,18 @@ class Balancer:
         loads_LE = (model.loads() if loads_LE is None else loads_LE).clone()
         if self.rule is not None:
             capacity_E = self._capacity(loads_LE[0])
+            accs = self._reduced_accumulators() if self.reducible else None
             micro_mean = (self.rule.needs_scores and self.rule.name == "quantile"
                           and self.semantics.quantile_scope == "micro_batch_mean")
             for i, r in enumerate(model.routers()):
                 if micro_mean:
                     bias, self.states[i] = self._quantile_micro_mean(r.expert_bias, self._scores[i], self.states[i])
                     r.expert_bias.copy_(bias.to(torch.float32))
+                    continue
+                if accs is not None:
+                    out = self.rule.finalise(r.expert_bias.clone(), accs[i], capacity_E, self.states[i])
+                    r.expert_bias.copy_(torch.as_tensor(out.bias_E).to(torch.float32))
+                    self.states[i] = out.state
                     continue
                 scores = torch.cat(self._scores[i]).cpu() if self.rule.needs_scores else None
                 if self.rule.needs_scores:
@@ -359,6 +412,7 @@ class Balancer:
                 self.states[i] = out.state
         model.reset_loads()
         self._scores = [[] for _ in range(self.n_layers)]
+        self._accs = [None] * self.n_layers
         self._tokens = 0
         return loads_LE
 

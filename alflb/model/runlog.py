@@ -15,7 +15,10 @@ With ``--tensorboard`` the metrics also go to ``tensorboard/`` (:meth:`RunLogs.o
 ``loads_NLE`` (the loads the model routed with its bias) and ``metadata`` with ``k``,
 ``score_func``, ``steps`` (the 1-based optimiser steps traced), ``bias_NLE`` (the fp32
 biases used for routing those steps; the router adds the bias, an overloaded expert's
-bias goes down) and ``moe_blocks``; ``alflb simulate --trace FILE`` replays it.
+bias goes down), ``moe_blocks``, ``semantics`` (the model's
+:class:`~alflb.model.config.ModelConfig` ``semantics``) and ``routing`` (``k``,
+``score_func``, ``n_groups``, ``topk_groups``, ``route_scale``: how the model selected
+experts); ``alflb simulate --trace FILE`` replays it.
 """
 
 from __future__ import annotations
@@ -35,12 +38,16 @@ from ..traces import TraceRecorder, load_trace
 __all__ = ["CsvLog", "RunLogs", "RunTrace", "metrics_header", "read_metrics"]
 
 
-def metrics_header(blocks: Sequence[int]) -> list[str]:
-    """The columns of ``metrics.csv`` for MoE layers at block indices ``blocks``."""
+# Expert-parallel columns of a run given a layout (TrainConfig.ep), after the fixed ones.
+EP_COLUMNS = ("ep_overload_factor", "ep_time_lost_pct", "ep_step_time_s")
+
+
+def metrics_header(blocks: Sequence[int], *, ep: bool = False) -> list[str]:
+    """The columns of ``metrics.csv`` for MoE layers at block indices ``blocks`` (``ep``: with :data:`EP_COLUMNS`)."""
     return (["step", "lr", "loss", "lm_loss", "balance_loss", "grad_norm", "maxvio_batch"]
             + [f"maxvio_batch_layer{b}" for b in blocks] + ["maxvio_computation_batch"]
             + ["tokens_per_s", "elapsed_s", "val_loss", "val_ppl", "val_bpb", "maxvio_global"]
-            + [f"maxvio_global_layer{b}" for b in blocks])
+            + [f"maxvio_global_layer{b}" for b in blocks] + (list(EP_COLUMNS) if ep else []))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
@@ -108,11 +115,11 @@ class RunLogs:
     """The three CSV logs of a run: ``metrics.csv``, ``loads.csv`` and ``biases.csv``."""
 
     def __init__(self, run_dir: Path, blocks: Sequence[int], n_experts: int, resume_step: int | None,
-                 *, write: bool = True) -> None:
+                 *, write: bool = True, ep: bool = False) -> None:
         self.blocks = list(blocks)
         per_layer = ["step", "layer", *(f"e{k}" for k in range(n_experts))]
         self.writer: Any = None  # the TensorBoard SummaryWriter, when asked for
-        self.metrics = CsvLog(run_dir / "metrics.csv", metrics_header(blocks), resume_step, write=write)
+        self.metrics = CsvLog(run_dir / "metrics.csv", metrics_header(blocks, ep=ep), resume_step, write=write)
         self.loads = CsvLog(run_dir / "loads.csv", per_layer, resume_step, write=write)
         self.biases = CsvLog(run_dir / "biases.csv", per_layer, resume_step, write=write)
 
@@ -170,9 +177,12 @@ class RunTrace:
     """
 
     def __init__(self, run_dir: Path, *, top_k: int, score_func: str, blocks: Sequence[int],
-                 resume_step: int, enabled: bool) -> None:
+                 resume_step: int, enabled: bool, semantics: str | None = None,
+                 routing: dict[str, Any] | None = None) -> None:
         self.path = run_dir / "traces" / "trace.npz"
         self.top_k, self.score_func, self.blocks = top_k, score_func, list(blocks)
+        # whose definitions the model follows, and how it routes: what a replay must reproduce
+        self.semantics, self.routing = semantics, dict(routing or {})
         self.enabled = enabled
         self.recorder = TraceRecorder(None)
         if not enabled:
@@ -207,4 +217,8 @@ class RunTrace:
             "k": int(self.top_k), "steps": [int(s) for s in rec.labels],
             "bias_NLE": rec.bias_NLE.astype(np.float64).tolist(), "activation": self.score_func,
         }
+        if self.semantics is not None:
+            metadata["semantics"] = self.semantics
+        if self.routing:
+            metadata["routing"] = self.routing
         rec.to_trace(metadata).save(self.path)

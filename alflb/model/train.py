@@ -27,7 +27,9 @@ Run folder
     One row per optimiser step: ``step, lr, loss, lm_loss, balance_loss, grad_norm,
     maxvio_batch, maxvio_batch_layer{b}..., maxvio_computation_batch``, timings, and at
     evaluation steps ``val_loss, val_ppl, val_bpb, maxvio_global, maxvio_global_layer{b}...`` (``b`` is
-    the block index of the MoE layer).
+    the block index of the MoE layer); with an expert-parallel layout (``TrainConfig.ep``,
+    ``--ep-ranks``) also ``ep_overload_factor, ep_time_lost_pct, ep_step_time_s`` of the
+    step's loads on that layout (:func:`alflb.ep.ep_columns`, layers summed in time).
 ``loads.csv``, ``biases.csv``
     One row per step and MoE layer: the global-batch loads ``A_k`` / the biases after the
     update.
@@ -108,10 +110,12 @@ from .train_support import (
     _grad_norm,
     _rng_state,
     _set_rng_state,
+    ep_step_columns,
     learning_rate,
     make_optimizer,
     moe_block_indices,
     resolve_device,
+    routing_semantics,
 )
 from .transformer import DeepSeekMoE
 
@@ -171,15 +175,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     device = resolve_device(cfg.device)
     check_memory(cfg, device)
     ctx = setup_distributed(device, distributed)
+    run = None
     try:
         check_shardable(cfg.batch_size, cfg.grad_accum, ctx.world_size)
         rule = cfg.balance.make_rule()
-        if ctx.world_size > 1 and rule is not None and rule.needs_scores:
+        # A rule whose score statistic is a sum (histogram quantile) is all-reduced; the exact
+        # quantile needs the sorted scores of the whole global batch, which no rank holds.
+        if (ctx.world_size > 1 and rule is not None and rule.needs_scores
+                and not getattr(rule, "reducible_scores", False)):
             raise InvalidInputError(
                 f"the {rule.name!r} rule needs the router scores of the whole global batch, which "
                 "data-parallel ranks do not gather; train it in one process"
             )
-        run = None
         with StopRequest(announce=ctx.is_main) as stop_request:
             run = _Run(cfg, ctx, distributed or DistConfig(), t_start, tensorboard=tensorboard)
             return run.execute(Path(out_dir), resume, overwrite, stop_after, stop_request)
@@ -264,7 +271,8 @@ class _Run:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.model = model = DeepSeekMoE(cfg.model).to(self.device)
-        self.balancer = Balancer(cfg.balance, model, reduce_counts=self.ctx.reduce_counts)
+        self.balancer = Balancer(cfg.balance, model, reduce_counts=self.ctx.reduce_counts,
+                                 reduce_sum=self._reduce_sum)
         self.balancer.init_biases(model)
         self.optimizer = make_optimizer(model, cfg)
         if ckpt is not None:
@@ -275,6 +283,10 @@ class _Run:
             self.start = int(ckpt.get("data_position", ckpt["step"]))
         self.net = wrap_model(model, self.ctx)  # DDP on several ranks (gradients averaged), else the model
         self.blocks = moe_block_indices(model)
+
+    def _reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """A reducible rule's accumulators summed over ranks (one ``all_reduce`` per step)."""
+        return self.ctx.all_reduce(x, "the all-reduce of the bias rule's score histograms")
 
     def open_logs(self, corpus: Corpus, *, resumed: bool) -> None:
         """``config.json``, the CSV logs and the trace (truncated to the resumed step), the data."""
@@ -296,12 +308,14 @@ class _Run:
                 "torch": torch.__version__,
             })
         resume_step = self.start if resumed else None
-        self.logs = RunLogs(run_dir, self.blocks, cfg.model.n_routed_experts, resume_step, write=self.main)
+        self.logs = RunLogs(run_dir, self.blocks, cfg.model.n_routed_experts, resume_step, write=self.main,
+                            ep=cfg.ep is not None)
         if self.tensorboard and self.main:
             self.logs.open_tensorboard(run_dir / "tensorboard", self.start)
         self.trace = RunTrace(run_dir, top_k=cfg.model.top_k, score_func=cfg.model.score_func,
                               blocks=self.blocks, resume_step=self.start,
-                              enabled=bool(cfg.trace_steps) and self.main)
+                              enabled=bool(cfg.trace_steps) and self.main, semantics=cfg.model.semantics,
+                              routing=routing_semantics(cfg.model))
         ctx.barrier("the barrier after opening the run folder")
         if resume_step:
             self.history = [r["maxvio_batch"] for r in read_metrics(run_dir) if r["step"] <= self.start]
@@ -410,6 +424,8 @@ class _Run:
             "elapsed_s": time.perf_counter() - self.t_start,
         }
         row.update({f"maxvio_batch_layer{b}": float(v) for b, v in zip(self.blocks, s.maxvio_L)})
+        if cfg.ep is not None:
+            row.update(ep_step_columns(cfg, s.loads_LE))
         self.logs.write_layers(s.done, s.loads_LE, self.model.biases().cpu().numpy())
         if s.scores_LTE is not None:
             scores_LTE = gather_tokens(self.ctx, s.scores_LTE).numpy()[:, : cfg.trace_max_tokens]

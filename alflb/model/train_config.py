@@ -22,7 +22,7 @@ from ..runio import read_json
 from .balancing import BalanceConfig
 from .config import ModelConfig, get_preset
 
-__all__ = ["RESUMABLE_CHANGES", "TRAIN_PRESETS", "TrainConfig", "check_memory", "check_resumable",
+__all__ = ["EP_PLACEMENTS", "RESUMABLE_CHANGES", "TRAIN_PRESETS", "EPLayout", "TrainConfig", "check_memory", "check_resumable",
            "estimate_memory", "load_run_config"]
 
 _MAX_INT = 2**62  # larger counts are no run anyone can do, and overflow torch/numpy integers
@@ -36,6 +36,43 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "paper_1b": dict(steps=10000, batch_size=64, grad_accum=8, seq_len=2048, lr=1e-3,
                      warmup_steps=500, eval_every=500, eval_windows=512, checkpoint_every=500),
 }
+
+
+EP_PLACEMENTS = ("contiguous", "round_robin")  # the static placements a run's columns can model
+
+
+@dataclass(frozen=True, kw_only=True)
+class EPLayout:
+    """An expert-parallel layout whose cost ``metrics.csv`` reports per step (:func:`alflb.ep.ep_columns`).
+
+    The run itself trains in one process (or data-parallel); the layout models where the
+    experts of every MoE layer would live: ``ranks`` expert-parallel ranks on ``nodes``
+    nodes, experts placed by ``placement`` (:func:`alflb.ep.contiguous`,
+    :func:`alflb.ep.round_robin`).
+
+    >>> EPLayout(ranks=4, nodes=2).placement_for(8).hosted_ER.argmax(1).tolist()
+    [0, 0, 1, 1, 2, 2, 3, 3]
+    """
+
+    ranks: int  # expert-parallel ranks R
+    nodes: int = 1  # nodes the ranks form (R a multiple of it)
+    placement: str = "contiguous"  # contiguous | round_robin
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ranks", positive_int(self.ranks, "ep ranks", maximum=_MAX_INT))
+        object.__setattr__(self, "nodes", positive_int(self.nodes, "ep nodes", maximum=_MAX_INT))
+        if self.ranks % self.nodes:
+            raise InvalidInputError(f"ep ranks={self.ranks} must be a multiple of ep nodes={self.nodes}")
+        if self.placement not in EP_PLACEMENTS:
+            raise InvalidInputError(
+                f"placement must be one of {', '.join(EP_PLACEMENTS)}, got {self.placement!r}"
+            )
+
+    def placement_for(self, n_experts: int) -> Any:
+        """The :class:`alflb.ep.Placement` of ``n_experts`` experts on this layout."""
+        from ..ep import placement as _placement  # numpy only; imported when a layout is used
+
+        return getattr(_placement, self.placement)(n_experts, self.ranks, self.nodes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +104,7 @@ class TrainConfig:
     corpus: str | None = None  # text file or folder; None: the stdlib's *.py
     val_fraction: float = 0.05
     progress: bool = True  # the progress bar (shown only when stderr is a terminal)
+    ep: EPLayout | None = None  # expert-parallel layout whose per-step cost metrics.csv reports (None: none)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "eval_windows",
@@ -101,6 +139,12 @@ class TrainConfig:
             raise InvalidInputError(f"trace_steps are 1-based optimiser steps, got {steps[:5]}...")
         object.__setattr__(self, "trace_steps", steps)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.ep is not None:
+            if isinstance(self.ep, dict):
+                object.__setattr__(self, "ep", EPLayout(**self.ep))
+            if not isinstance(self.ep, EPLayout):
+                raise InvalidInputError(f"ep must be an EPLayout or None, got {self.ep!r}")
+            self.ep.placement_for(self.model.n_routed_experts)  # refuse a layout the experts do not fit
 
     @classmethod
     def from_preset(cls, preset: str, *, model_overrides: dict[str, Any] | None = None,
@@ -118,6 +162,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["trace_steps"] = list(self.trace_steps) if len(self.trace_steps) <= 32 else _ranges_text(self.trace_steps)
         d["betas"] = list(self.betas)
+        if self.ep is None:
+            del d["ep"]  # a run without a layout records what it always recorded
         return d
 
     @classmethod
@@ -130,6 +176,8 @@ class TrainConfig:
             d["model"] = ModelConfig.from_dict(d["model"])
             d["balance"] = BalanceConfig(**d["balance"])
             d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
+            if d.get("ep") is not None:
+                d["ep"] = EPLayout(**d["ep"])
             return cls(**d)
         except (TypeError, KeyError) as exc:  # unknown or missing fields
             raise CorruptFileError(f"not a training configuration of this alflb version: {exc}") from exc
@@ -224,7 +272,7 @@ RESUMABLE_CHANGES = {"steps", "device", "progress", "eval_every", "checkpoint_ev
 def check_resumable(saved: TrainConfig, new: TrainConfig) -> None:
     """Raise unless ``new`` differs from ``saved`` only in :data:`RESUMABLE_CHANGES`."""
     a, b = saved.as_dict(), new.as_dict()
-    diff = sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b.get(k))
+    diff = sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
     if diff:
         raise InvalidInputError(
             f"cannot resume: the configuration differs from the checkpoint's in {diff}; "

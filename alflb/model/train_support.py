@@ -1,5 +1,6 @@
 """What a training run needs besides its loop: the device, the learning-rate schedule,
-the optimiser, the random-number state, the outcome types, and the exclusive claim of a
+the optimiser, the random-number state, the outcome types, the routing a trace records, the
+expert-parallel columns of a step, and the exclusive claim of a
 run folder's ``config.json``."""
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import AlflbError, InvalidInputError, RunFolderExistsError
 from ..runio import json_default
+from .config import ModelConfig
 from .evaluate import EvalResult
+from .runlog import EP_COLUMNS
 from .train_config import TrainConfig
 from .transformer import DeepSeekMoE, MoELayer
 
-__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "_exclusive_write_json", "_grad_norm", "_rng_state", "_set_rng_state", "learning_rate", "make_optimizer", "moe_block_indices", "resolve_device"]
+__all__ = ["TrainResult", "TrainingDiverged", "TrainingInterrupted", "_exclusive_write_json", "_grad_norm", "_rng_state", "_set_rng_state", "ep_step_columns", "learning_rate", "make_optimizer", "moe_block_indices", "resolve_device", "routing_semantics"]
 
 
 # ------------------------------------------------------------------------ helpers
@@ -70,6 +74,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def routing_semantics(model: ModelConfig) -> dict[str, Any]:
+    """How the model routes, as a trace's metadata records it (``k``, ``score_func``, groups, scale)."""
+    return {"k": int(model.top_k), "score_func": model.score_func, "n_groups": int(model.n_groups),
+            "topk_groups": int(model.topk_groups), "route_scale": float(model.route_scale)}
+
+
+def ep_step_columns(cfg: TrainConfig, loads_LE: np.ndarray) -> dict[str, float]:
+    """One step's expert-parallel columns (:func:`alflb.ep.ep_columns` of every MoE layer).
+
+    The step time models the run's own expert shape (``d_model``, ``expert_hidden``,
+    ``top_k``) with the :class:`~alflb.ep.timing.TimeModel` defaults otherwise; it is the
+    sum over layers, the overload factor their mean.
+    """
+    from ..ep.report import ep_columns
+    from ..ep.timing import TimeModel
+
+    m = cfg.model
+    model = TimeModel(hidden=m.d_model, expert_ffn=m.expert_hidden, top_k=m.top_k)
+    cols = ep_columns(np.asarray(loads_LE, dtype=np.float64)[:, None, :], cfg.ep.placement_for(m.n_routed_experts),
+                      model)  # (L, N=1, E)
+    return {name: float(cols[name][0]) for name in EP_COLUMNS}
 
 
 # ------------------------------------------------------------------------ results
