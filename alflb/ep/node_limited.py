@@ -71,14 +71,9 @@ def node_limited_scores(scores_TE: Any, bias_E: Any, node_of_expert_E: Any, k: i
         return _node_limited_scores_torch(scores_TE, bias_E, node_of_expert_E, k, max_nodes)
     values = np.array(biased_scores(np.asarray(scores_TE), None if bias_E is None else np.asarray(bias_E)),
                       dtype=np.float64)
-    t, e = values.shape
-    nodes = _nodes(node_of_expert_E, e)
-    k = positive_int(k, "k", maximum=e - 1)
-    m = positive_int(max_nodes, "max_nodes")
-    n_nodes = int(nodes.max()) + 1
+    t, nodes, k, m, n_nodes, per = _plan(values, node_of_expert_E, k, max_nodes)
     if m >= n_nodes:
         return values
-    per = max(1, math.ceil(k / m))
     sizes = np.bincount(nodes, minlength=n_nodes)
     node_score_TG = np.full((t, n_nodes), -np.inf)
     for g in range(n_nodes):
@@ -95,18 +90,22 @@ def node_limited_scores(scores_TE: Any, bias_E: Any, node_of_expert_E: Any, k: i
     return np.where(keep_TG[:, nodes], values, -np.inf)
 
 
-def _node_limited_scores_torch(scores_TE, bias_E, node_of_expert_E, k, max_nodes):
-    import torch
-
-    values = biased_scores(scores_TE, bias_E)  # (T, E), the input's device
+def _plan(values, node_of_expert_E, k, max_nodes):
+    """Validated sizes: ``(T, node of each expert, K, M, nodes, experts counted per node)``."""
     t, e = values.shape
     nodes = _nodes(node_of_expert_E, e)
     k = positive_int(k, "k", maximum=e - 1)
     m = positive_int(max_nodes, "max_nodes")
-    n_nodes = int(nodes.max()) + 1
+    return t, nodes, k, m, int(nodes.max()) + 1, max(1, math.ceil(k / m))
+
+
+def _node_limited_scores_torch(scores_TE, bias_E, node_of_expert_E, k, max_nodes):
+    import torch
+
+    values = biased_scores(scores_TE, bias_E)  # (T, E), the input's device
+    t, nodes, k, m, n_nodes, per = _plan(values, node_of_expert_E, k, max_nodes)
     if m >= n_nodes:
         return values
-    per = max(1, math.ceil(k / m))
     node_score_TG = values.new_full((t, n_nodes), float("-inf"))
     for g in range(n_nodes):
         cols = torch.as_tensor(np.flatnonzero(nodes == g), device=values.device)
