@@ -87,7 +87,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", default="tiny", help="model preset: tiny, small or paper_1b (default tiny)")
     p.add_argument("--balance", default="sign",
                    help="none | aux | seq_aux | global_aux | any alflb.rules name (default sign)")
-    p.add_argument("--u", type=float, default=1e-3, help="update rate of the bias rule (default 1e-3)")
+    p.add_argument("--u", type=float, default=None,
+                   help="update rate of the bias rule, in score units (default 1e-2 for the tiny and "
+                        "small presets, whose runs are hundreds of steps: a bias moves at most u per "
+                        "step; 1e-3, DeepSeek's rate for tens of thousands of steps, for paper_1b)")
     p.add_argument("--alpha", type=float, default=None,
                    help="loss coefficient (default 1e-3 for aux/global_aux, 1e-4 for seq_aux)")
     p.add_argument("--seq-alpha", type=float, default=0.0,
@@ -177,7 +180,7 @@ def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg, t
 def run(args: argparse.Namespace) -> int:
     from .._validate import positive_int
     from ..errors import InvalidInputError
-    from ..model.balancing import BalanceConfig
+    from ..model.balancing import LOSS_MODES, BalanceConfig
     from ..model.distributed import DistConfig, check_shardable
     from ..model.launch import launch_local
     from ..model.train_config import TrainConfig, load_run_config
@@ -215,7 +218,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {what} with its saved configuration; ignored: {', '.join(ignored)}",
                   file=sys.stderr)
     else:
-        balance = BalanceConfig(mode=args.balance, u=args.u, alpha=args.alpha, seq_alpha=args.seq_alpha,
+        u = args.u
+        if u is None:  # a rate that can act within the preset's horizon (the gap / u time scale)
+            u = 1e-3 if args.preset == "paper_1b" or args.balance in LOSS_MODES else 1e-2
+        balance = BalanceConfig(mode=args.balance, u=u, alpha=args.alpha, seq_alpha=args.seq_alpha,
                                 rule_params=dict(args.rule_param))
         extra = {k: v for k, v in {
             "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seq_len": args.seq_len,
