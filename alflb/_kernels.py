@@ -62,8 +62,9 @@ def _fused_route_py(scores_TE, bias_E, k, write_topk, topk_TK, load_CE, value_C)
     pad_e = -(-n_experts // 16) * 16 + 16
     pad_k = -(-k // 16) * 16 + 16
     row_CE = np.empty((n_chunks, pad_e), dtype=bias_E.dtype)
-    cand_CE = np.empty((n_chunks, pad_e), dtype=np.int64)
-    bucket_CBE = np.empty((n_chunks, _N_BUCKETS, pad_e), dtype=np.int64)
+    # Expert indices in int32: half the scratch traffic of int64 in the compaction/buckets.
+    cand_CE = np.empty((n_chunks, pad_e), dtype=np.int32)
+    bucket_CBE = np.empty((n_chunks, _N_BUCKETS, pad_e), dtype=np.int32)
     count_CB = np.empty((n_chunks, _N_BUCKETS + 16), dtype=np.int64)
     group_max_CK = np.empty((n_chunks, pad_k), dtype=bias_E.dtype)
     vals_CK = np.empty((n_chunks, pad_k), dtype=bias_E.dtype)
@@ -82,17 +83,21 @@ def _fused_route_py(scores_TE, bias_E, k, write_topk, topk_TK, load_CE, value_C)
         sel = sel_CK[c]
         acc = 0.0
         for i in range(start, stop):
-            for e in range(n_experts):
-                row_E[e] = scores_TE[i, e] + bias_E[e]
+            # The biased row and the maxima of the K expert groups (e mod K) in one pass over
+            # the scores: the add is fused into the group-max loop, not a pass of its own.
             for j in range(k):
-                group_max_K[j] = row_E[j]
+                x = scores_TE[i, j] + bias_E[j]
+                row_E[j] = x
+                group_max_K[j] = x
             for b in range(1, n_blocks):
                 o = b * k
                 for j in range(k):
-                    x = row_E[o + j]
+                    x = scores_TE[i, o + j] + bias_E[o + j]
+                    row_E[o + j] = x
                     group_max_K[j] = x if x > group_max_K[j] else group_max_K[j]
             for e in range(n_blocks * k, n_experts):
-                x = row_E[e]
+                x = scores_TE[i, e] + bias_E[e]
+                row_E[e] = x
                 j = e - n_blocks * k
                 group_max_K[j] = x if x > group_max_K[j] else group_max_K[j]
             # lo: the smallest of the K group maxima (expert groups e mod K), a lower bound on

@@ -1,7 +1,7 @@
 """Speed of the simulator's hot loop: token-routings per second next to a memory bound.
 
-    python benchmarks/simulator.py [--tokens 4096] [--experts 64] [--k 8] [--steps 256]
-                                   [--cores 2] [--skip-static]
+    python benchmarks/simulator.py [--tokens 4096] [--experts 64|256] [--k 8] [--steps 256]
+                                   [--cores 2] [--repeat 5] [--skip-static]
 
 Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
 
@@ -10,7 +10,8 @@ Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
 - **bound**: one read+write pass over each step's ``T x E`` float32 matrix, adding the bias
   (``np.add(scores, bias, out=buf)``): what any router must at least pay;
 - **kernel**: :func:`alflb._kernels.fused_route` alone (add bias, top-K with the
-  lowest-index tie-break, load count and the batch dual, one pass);
+  lowest-index tie-break, load count and the batch dual, one pass), with numba's threads
+  and on one thread;
 - **sign loop**: the simulator's causal loop with the sign rule (routing, loads,
   ``f_n(p_n)``, ``rule.update``, recording), as :func:`alflb.simulator.simulate` runs it;
 - **run_policy**: the same through the public :func:`alflb.simulator.run_policy`, which
@@ -19,8 +20,11 @@ Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
 - **static comparator**: the exact pooled optimum of the first 256 steps
   (``alflb.regret.pooled_optimum``, the ``fast`` solver), once.
 
-Rates are token-routings per second (``N*T / seconds``). ``--cores`` pins the process to
-that many CPUs (Linux) and sets numba's thread count to match.
+Rates are token-routings per second (``N*T / seconds``); each stage is the median of
+``--repeat`` timings, and the ratios to the bound are medians of per-repeat ratios (stages
+timed back to back, so a busy machine slows the pair alike). The JIT compilation of the
+kernels is timed and printed on its own line, never inside a stage. ``--cores`` pins the
+process to that many CPUs (Linux) and sets numba's thread count to match.
 """
 
 from __future__ import annotations
@@ -28,18 +32,27 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 import numpy as np
 
 
-def _best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -49,7 +62,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--cores", type=int, default=2, help="CPUs to use (0: leave as is)")
-    parser.add_argument("--repeat", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--repeat", type=int, default=5, help="median of this many timings")
     parser.add_argument("--skip-static", action="store_true", help="skip the pooled exact comparator")
     args = parser.parse_args()
 
@@ -70,7 +83,7 @@ def main() -> None:
     n, t, e, k = args.steps, args.tokens, args.experts, args.k
     routings = n * t
     print(f"simulator benchmark: N={n} steps of T={t} tokens, E={e} experts, K={k}")
-    print(f"machine: {platform.processor() or platform.machine()}, cpus in use "
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} cpus, in use "
           f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}, "
           f"numba threads {threads} ({numba.config.THREADING_LAYER})")
 
@@ -102,29 +115,45 @@ def main() -> None:
     def sign_loop():
         run_steps(policy, scores, k, cap)
 
-    kernel()  # compile outside the timing
+    start = time.perf_counter()
+    fused_route(scores[0], bias64, k)  # JIT: both kernels, loaded from numba's cache if there
+    fused_route(scores[0, :8], bias64, k)
     run_policy("sign", scores[:2], k=k, record_t1=False)
-    bound_s = _best_of(bound, args.repeat)
-    kernel_s = _best_of(kernel, args.repeat)
-    loop_s = _best_of(sign_loop, args.repeat)
-    policy_s = _best_of(lambda: run_policy("sign:u=0.001", scores, k=k, record_t1=False), args.repeat)
-    numpy_s = _best_of(numpy_route, 1)
+    print(f"compile / cache load (once, not in any stage): {time.perf_counter() - start:.2f} s; "
+          f"numba threading layer {numba.threading_layer()}")
 
-    rows = [
-        ("draw scores (gaussian+sigmoid)", draw_s),
-        ("bound: one add-bias pass", bound_s),
-        ("fused kernel", kernel_s),
-        ("sign-rule loop (simulator)", loop_s),
-        ("run_policy (loop + input pass)", policy_s),
-        ("numpy route_topk + count", numpy_s),
+    def kernel_1thread():
+        set_threads(1)
+        try:
+            kernel()
+        finally:
+            set_threads(threads)
+
+    stages = [
+        ("bound: one add-bias pass", bound),
+        ("fused kernel", kernel),
+        ("fused kernel, 1 thread", kernel_1thread),
+        ("sign-rule loop (simulator)", sign_loop),
+        ("run_policy (loop + input pass)", lambda: run_policy("sign:u=0.001", scores, k=k, record_t1=False)),
     ]
-    print(f"{'stage':<34}{'seconds':>10}{'ms/step':>10}{'M routings/s':>15}{'x bound':>9}")
-    for name, sec in rows:
-        print(f"{name:<34}{sec:>10.3f}{1e3 * sec / n:>10.3f}{routings / sec / 1e6:>15.2f}"
-              f"{sec / bound_s:>9.1f}")
-    rate = routings / loop_s / 1e6
-    print(f"target: >= 10 M/s and within 5x of the bound; sign loop: {rate:.1f} M/s, "
-          f"{loop_s / bound_s:.1f}x the bound")
+    times: dict[str, list[float]] = {name: [] for name, _ in stages}
+    for _ in range(args.repeat):
+        for name, fn in stages:
+            times[name].append(_timed(fn))
+    times["numpy route_topk + count"] = [_timed(numpy_route)]
+    bound_ts = times["bound: one add-bias pass"]
+
+    print(f"draw scores (gaussian+sigmoid): {draw_s:.3f} s, not in the stages below")
+    print(f"{'stage (median of ' + str(args.repeat) + ')':<34}{'seconds':>10}{'ms/step':>10}"
+          f"{'M routings/s':>15}{'x bound':>9}")
+    for name, ts in times.items():
+        sec = statistics.median(ts)
+        ratio = statistics.median(t / b for t, b in zip(ts, bound_ts))
+        print(f"{name:<34}{sec:>10.3f}{1e3 * sec / n:>10.3f}{routings / sec / 1e6:>15.2f}{ratio:>9.1f}")
+    loop_ts = times["sign-rule loop (simulator)"]
+    rate = routings / statistics.median(loop_ts) / 1e6
+    ratio = statistics.median(t / b for t, b in zip(loop_ts, bound_ts))
+    print(f"target: >= 10 M/s and within 4x of the bound; sign loop: {rate:.1f} M/s, {ratio:.1f}x the bound")
 
     if not args.skip_static:
         from alflb.regret import pooled_optimum
