@@ -41,13 +41,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared _machine helper
+from _machine import cpu_model
 from torch import nn
 
 from alflb.model.config import ModelConfig
@@ -82,17 +85,6 @@ class NaiveMoE(nn.Module):
             y = (F.silu(h[:, :H]) * h[:, H:]) @ ex.w2[e].t()  # (n_e, D)
             out.index_add_(0, tok, y * routing.gates_TK[tok, slot, None])
         return out.view(B, T, D)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(fn, x: torch.Tensor, probe: torch.Tensor) -> float:
@@ -162,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown peers: {sorted(unknown)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} cpus; every peer runs in this process "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cpus; every peer runs in this process "
           f"with the same torch.set_num_threads ({torch.get_num_threads()})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
           f"{args.tokens} tokens, D={args.d_model}, forward+backward, median of {args.rounds} rounds")

@@ -31,28 +31,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared _machine helper
+from _machine import cpu_model
 
 
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -83,7 +75,7 @@ def main() -> None:
     n, t, e, k = args.steps, args.tokens, args.experts, args.k
     routings = n * t
     print(f"simulator benchmark: N={n} steps of T={t} tokens, E={e} experts, K={k}")
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} cpus, in use "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cpus, in use "
           f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}, "
           f"numba threads {threads} ({numba.config.THREADING_LAYER})")
 
