@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         dynamic=not args.no_dynamic,
         prefix_points=args.prefix_points,
         pseudo_batches=args.pseudo_batches,
-        progress=False if args.quiet else None,
+        progress=not args.quiet,  # a bar on a terminal only (exact comparators included)
     )
     result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
     print(result.format_summary())
