@@ -62,7 +62,6 @@ from ._kernels_fast import (
 )
 from ._ssp import (
     SSP_DONE,
-    SSP_GROW,
     SSP_INFEASIBLE,
     SSP_LIMIT,
     SSP_RELIST,
@@ -125,16 +124,17 @@ def _excess(load_E: np.ndarray, cap_E: np.ndarray) -> int:
 
 def newton_refine(
     problem: AssignmentProblem, bias_E: np.ndarray, *, max_steps: int = 10, band: float = 8.0,
-    max_halvings: int = 8,
+    max_halvings: int = 3,
     max_band: float = 1 / 4,
+    max_failures: int = 3,
 ) -> tuple[np.ndarray, int, int]:
     r"""Newton steps on the loads ``A(p) = c`` from ``bias_E`` (equality capacities).
 
     .. math::
 
-        A(p + \delta) pprox A(p) + L \delta, \qquad
+        A(p + \delta) \approx A(p) + L \delta, \qquad
         L = \operatorname{diag}(R \mathbf 1) - R, \quad
-        R_{jl} = rac{n_{jl} + n_{lj}}{2 h},
+        R_{jl} = \frac{n_{jl} + n_{lj}}{2 h},
 
     where ``n_jl`` counts the tokens whose K-th expert is ``j``, whose (K+1)-th is ``l`` and
     whose margin is at most ``h`` (a token moves from ``j`` to ``l`` once ``p_l - p_j``
@@ -143,12 +143,14 @@ def newton_refine(
     tokens the step must move. ``L`` is a graph Laplacian; ``L delta = c - A`` is solved on ``sum(delta) = 0``.
     A step that does not lower the excess ``sum_k |A_k - c_k| / 2`` is halved (at most
     ``max_halvings`` times), and the steps stop after two in a row that each remove less
-    than a fifth of the excess (tied scores: the rest is the repair's work). Each step is one ``O(T E)`` pass (:func:`route_pairs`) plus
+    than a fifth of the excess, or after ``max_failures`` passes that found no improvement
+    (tied scores, where ``A(p)`` jumps by whole tie classes: the rest is the repair's work,
+    which costs about as much for ten thousand tokens of excess as one more pass). Each step is one ``O(T E)`` pass (:func:`route_pairs`) plus
     ``O(E^3)``; the best bias seen is returned, so the result is never worse than the start.
 
     On continuous scores the excess falls from thousands of tokens to about ``E`` in 3-6
     steps (the density of margins near the optimum is what ``L`` estimates); on tied scores
-    ``A(p)`` jumps, and the steps only stop at the smallest excess they find.
+    ``A(p)`` jumps, and the steps stop after a few passes that miss (``max_failures``).
 
     Returns ``(bias_E, excess, n_passes)``.
     """
@@ -162,6 +164,7 @@ def newton_refine(
     n_passes = 1
     centre = np.full((n_experts, n_experts), 1.0 / n_experts)
     weak = 0
+    failures = 0
     for _ in range(max_steps):
         if best_ex <= n_experts:
             break
@@ -190,8 +193,11 @@ def newton_refine(
                 improved = weak < 2
                 best_ex, best_p = ex, q_E
                 break
+            failures += 1
+            if failures >= max_failures:
+                break
             t *= 0.5
-        if not improved:
+        if not improved or failures >= max_failures:
             break
     return best_p, best_ex, n_passes
 
@@ -213,13 +219,30 @@ def _at_most_start(scores_TE: np.ndarray, k: int, cap_E: np.ndarray, p_E: np.nda
         p_E = np.where(low, 0.0, p_E)
 
 
-def _sorted_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta):
+def _sorted_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta, max_pairs):
     """:func:`fixed_pair_lists` (none when ``theta`` is infinite: no fixed token)."""
     if not np.isfinite(theta):
         n_edges = x_TE.shape[1] ** 2
         empty = np.zeros(n_edges + 1, np.int64), np.empty(0), np.empty(0, np.int64)
-        return (*empty, np.zeros(x_TE.shape[1], np.int64))
-    return fixed_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta)
+        return (*empty, np.zeros(x_TE.shape[1], np.int64), theta)
+    return fixed_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta, max_pairs)
+
+
+def _budget_theta(scores_TE: np.ndarray, x_TE: np.ndarray, p_E: np.ndarray, k: int, max_pairs: int,
+                  n_sample: int = 4096) -> float:
+    """The reduced cost below which about ``max_pairs`` (routed, unrouted) pairs lie, from
+    ``n_sample`` evenly spaced tokens (:func:`fixed_pair_lists` enforces the budget exactly)."""
+    n_tokens, n_experts = scores_TE.shape
+    if k in (0, n_experts):
+        return np.inf
+    rows = np.unique(np.linspace(0, n_tokens - 1, min(n_sample, n_tokens)).astype(np.int64))
+    b_SE = scores_TE[rows] + p_E
+    x_SE = x_TE[rows]
+    routed = np.sort(np.where(x_SE, b_SE, np.inf), axis=1)[:, :k]  # (S, K)
+    unrouted = np.sort(np.where(x_SE, -np.inf, b_SE), axis=1)[:, k:]  # (S, E - K)
+    r = (routed[:, :, None] - unrouted[:, None, :]).ravel()
+    rank = min(r.size - 1, int(max_pairs / n_tokens * rows.size))
+    return float(max(np.partition(r, rank)[rank], 0.0))
 
 
 def repair_from_bias(
@@ -230,12 +253,16 @@ def repair_from_bias(
     min_mobile: int = 4096,
     max_augmentations: int | None = None,
     listed_factor: int = 4,
+    max_pairs_factor: int = 4,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Exact optimum warm-started from the top-K routing under ``bias_E``.
 
     The ``max(mobile_fraction * T, min_mobile)`` tokens of smallest routing margin start
-    mobile; if more must move, the set grows fourfold and the search resumes from the
-    current (valid) state.
+    mobile (the set grows inside the search when more must move). The fixed tokens'
+    near-tight pairs are listed below a threshold ``theta``, at most ``max_pairs_factor * T``
+    of them; when a shortest path needs a pair beyond the lists, ``theta`` doubles and the
+    search resumes from the current (valid) state, until the budget is reached; after that
+    the search lists an exhausted edge's next tokens itself.
 
     Returns ``(x_TE, bias_E, n_augmentations)``: ``x`` optimal, ``bias_E`` an optimal dual
     (centred for equality capacities; ``p <= 0`` for at-most).
@@ -259,6 +286,8 @@ def repair_from_bias(
     total_aug = 0
     n_relist = 0
     listed_rank = 0
+    theta_min = 0.0
+    max_pairs = max_pairs_factor * n_tokens
     n_mobile = min(n_tokens, max(int(mobile_fraction * n_tokens), min_mobile, 1))
     while True:
         in_F = np.ones(n_tokens, dtype=bool)
@@ -273,19 +302,22 @@ def repair_from_bias(
             order = np.argpartition(margin_T, n_mobile)
             mobile = order[:n_mobile].astype(np.int64)
             # Fixed tokens with a margin below theta (the margin at rank listed_factor * |M|,
-            # doubled on each SSP_RELIST, at most T/4) have their near-tight (routed,
-            # unrouted) pairs listed per edge, sorted; every other fixed pair has a reduced
-            # cost of at least theta.
+            # at least twice the last theta after each SSP_RELIST) have their near-tight
+            # (routed, unrouted) pairs listed per edge, sorted, at most max_pairs of them;
+            # every other fixed pair has a reduced cost of at least the theta used.
             listed_rank = max(listed_rank, listed_factor * n_mobile)
-            rank = min(n_tokens // 4, listed_rank)
-            relist = rank < n_tokens // 4
-            theta = float(np.partition(margin_T, rank)[rank])
-            # rounding of b = gamma + p, of the margin and of the bound p_k - p_j + theta
-            tol = 16.0 * _EPS * (scale + float(np.max(np.abs(p_V))) + abs(theta))
-            floor = theta - tol
+            rank = min(n_tokens - 1, listed_rank)
+            theta = max(float(np.partition(margin_T, rank)[rank]), theta_min)
         in_F[mobile] = False
         f_ptr, f_tok = fixed_csr(x_TE, in_F)
-        e_ptr, e_val, e_tok, n_fixed_E = _sorted_pair_lists(scores, x_TE, p_V, in_F, margin_T, theta)
+        e_ptr, e_val, e_tok, n_fixed_E, theta_used = _sorted_pair_lists(
+            scores, x_TE, p_V, in_F, margin_T, theta, max_pairs)
+        if np.isfinite(theta):
+            # over budget (tie classes): no more relisting, the SSP refills edges itself
+            relist = theta_used >= theta
+            # rounding of b = gamma + p, of the margin and of the bound p_k - p_j + theta
+            tol = 16.0 * _EPS * (scale + float(np.max(np.abs(p_V))) + abs(theta_used))
+            floor = theta_used - tol
         capacity_M = min(n_tokens, n_mobile + max(n_mobile, 64))
         status, n_aug, _ = ssp_solve(
             scores, x_TE, p_V, load_E, cap_E, at_most, mobile, f_ptr,
@@ -295,11 +327,11 @@ def repair_from_bias(
         margin_T = None
         if status == SSP_DONE:
             break
-        if status == SSP_GROW:
-            n_mobile = min(n_tokens, 4 * n_mobile)
-            continue
         if status == SSP_RELIST:
+            # the potentials travel further than the lists reach (tie classes): straight to
+            # the threshold the pair budget allows rather than doubling up to it
             listed_rank *= 2
+            theta_min = max(2.0 * theta, _budget_theta(scores, x_TE, p_V[:n_experts], problem.k, max_pairs))
             n_relist += 1
             continue
         if status == SSP_INFEASIBLE:

@@ -58,7 +58,8 @@ def split_row(x_TE, i, routed, unrouted):
 
 
 @numba.njit(cache=True, nogil=True)
-def _w_rows(scores_TE, x_TE, tokens, W_EE, arg_EE):
+def w_rows(scores_TE, x_TE, tokens, W_EE, arg_EE):
+    """Lower ``W_EE[j, k]`` to ``min(scores[i, j] - scores[i, k])`` over ``tokens`` routed to ``j``, not ``k`` (argmin in ``arg_EE``; the first in token order wins ties)."""
     n_experts = scores_TE.shape[1]
     routed = np.empty(n_experts, np.int64)
     unrouted = np.empty(n_experts, np.int64)
@@ -85,7 +86,7 @@ def _w_matrix_parallel(scores_TE, x_TE, tokens, n_chunks):
     for c in numba.prange(n_chunks):
         lo = n * c // n_chunks
         hi = n * (c + 1) // n_chunks
-        _w_rows(scores_TE, x_TE, tokens[lo:hi], W_CEE[c], arg_CEE[c])
+        w_rows(scores_TE, x_TE, tokens[lo:hi], W_CEE[c], arg_CEE[c])
     W_EE = W_CEE[0].copy()
     arg_EE = arg_CEE[0].copy()
     for c in range(1, n_chunks):

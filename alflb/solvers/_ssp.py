@@ -39,43 +39,46 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._graph import split_row
+from ._graph import split_row, w_rows
+from ._ssp_lists import fixed_pair_lists, refill_expert_lists
 
-__all__ = ["SSP_DONE", "SSP_GROW", "SSP_INFEASIBLE", "SSP_LIMIT", "SSP_RELIST", "fixed_pair_lists", "ssp_solve"]
+__all__ = ["SSP_DONE", "SSP_INFEASIBLE", "SSP_LIMIT", "SSP_RELIST", "fixed_pair_lists", "ssp_solve"]
 
-SSP_DONE, SSP_GROW, SSP_INFEASIBLE, SSP_LIMIT, SSP_RELIST = 0, 1, 2, 3, 4
+SSP_DONE, SSP_INFEASIBLE, SSP_LIMIT, SSP_RELIST = 0, 2, 3, 4
 
 
 @numba.njit(cache=True, nogil=True)
-def _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M):
+def _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M, hint_M):
+    """Exact ``W_M[j, k]`` after its argmin left: scan ``j``'s members from ``hint_M[j, k]``.
+
+    The stale value is a lower bound on the new minimum (tokens only leave ``j``, or
+    arrive and lower the entry on arrival), so a member whose value equals it *is* the
+    minimum and the scan stops there: on tied scores the next token of the tie class is
+    usually met within a few steps, where a full scan reads all ``|M| K / E`` members.
+    """
+    bound = W_M[j, k]
     best = np.inf
     arg = -1
-    for a in range(cnt[j]):
+    at = -1
+    n = cnt[j]
+    start = hint_M[j, k] if hint_M[j, k] < n else 0
+    for step in range(n):
+        a = start + step
+        if a >= n:
+            a -= n
         i = mem[j, a]
         if not x[i, k]:
             v = scores[i, j] - scores[i, k]
             if v < best:
                 best = v
                 arg = i
+                at = a
+                if v <= bound:
+                    break
     W_M[j, k] = best
     arg_M[j, k] = arg
+    hint_M[j, k] = at if at >= 0 else 0
     stale_M[j, k] = False
-
-
-@numba.njit(cache=True, nogil=True)
-def _rescan_fixed(j, k, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F):
-    best = np.inf
-    arg = -1
-    for a in range(f_ptr[j], f_ptr[j + 1]):
-        i = f_tok[a]
-        if in_F[i] and not x[i, k]:
-            v = scores[i, j] - scores[i, k]
-            if v < best:
-                best = v
-                arg = i
-    W_F[j, k] = best
-    arg_F[j, k] = arg
-    stale_F[j, k] = False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -94,55 +97,6 @@ def _next_fixed(j, k, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, l
         return True
     listed[j, k] = False
     return False
-
-
-@numba.njit(cache=True, nogil=True)
-def fixed_pair_lists(scores, x, p, in_F, margin_T, theta):
-    """The (routed ``j``, unrouted ``l``) pairs of fixed tokens whose reduced cost
-    ``(gamma_ij + p_j) - (gamma_il + p_l)`` is below ``theta``, grouped by edge ``j * E + l``
-    (a CSR, each edge sorted by value). Returns ``(e_ptr (E*E+1,), e_val, e_tok, n_fixed_E)``;
-    ``n_fixed_E`` counts the fixed tokens routed to each expert. Only tokens whose margin is
-    below ``theta`` can have such a pair, so the others cost one row read."""
-    T, E = x.shape
-    count = np.zeros(E * E + 1, np.int64)
-    n_fixed_E = np.zeros(E, np.int64)
-    for i in range(T):
-        if not in_F[i]:
-            continue
-        for j in range(E):
-            if x[i, j]:
-                n_fixed_E[j] += 1
-        if margin_T[i] >= theta:
-            continue
-        for j in range(E):
-            if x[i, j]:
-                bj = scores[i, j] + p[j]
-                for m in range(E):
-                    if not x[i, m] and bj - (scores[i, m] + p[m]) < theta:
-                        count[j * E + m + 1] += 1
-    e_ptr = np.cumsum(count)
-    nxt = e_ptr[:-1].copy()
-    e_val = np.empty(e_ptr[-1])
-    e_tok = np.empty(e_ptr[-1], np.int64)
-    for i in range(T):
-        if not in_F[i] or margin_T[i] >= theta:
-            continue
-        for j in range(E):
-            if x[i, j]:
-                bj = scores[i, j] + p[j]
-                for m in range(E):
-                    if not x[i, m] and bj - (scores[i, m] + p[m]) < theta:
-                        edge = j * E + m
-                        e_val[nxt[edge]] = scores[i, j] - scores[i, m]
-                        e_tok[nxt[edge]] = i
-                        nxt[edge] += 1
-    for edge in range(E * E):  # each edge's entries sorted by value
-        a, b = e_ptr[edge], e_ptr[edge + 1]
-        if b - a > 1:
-            order = np.argsort(e_val[a:b]) + a
-            e_val[a:b] = e_val[order]
-            e_tok[a:b] = e_tok[order]
-    return e_ptr, e_val, e_tok, n_fixed_E
 
 
 @numba.njit(cache=True, nogil=True)
@@ -172,9 +126,8 @@ def ssp_solve(
     tokens by routed expert; ``in_F`` (bool T) flags fixed tokens; ``fixed_floor`` is a lower
     bound on every fixed token's margin ``min_{x_ij=1} (gamma_ij + p_j) - max_{x_ik=0}
     (gamma_ik + p_k)`` under the start potentials ``p`` (rounding included). Returns
-    ``(status, n_augmentations, n_rescans)``; ``SSP_GROW`` when more than ``capacity_M``
-    tokens would be mobile (the caller restarts with a larger mobile set; ``x`` and ``p``
-    are then a valid warm start).
+    ``(status, n_augmentations, n_rescans)``. ``capacity_M`` is the mobile lists' initial
+    size; they grow in place when more tokens must move.
 
     ``e_ptr``/``e_val``/``e_tok`` list, per edge ``j * E + l`` and sorted by value, the fixed
     tokens whose reduced cost on that edge is below ``fixed_floor`` (rounding aside) under
@@ -203,13 +156,15 @@ def ssp_solve(
     W_M = np.full((E, E), np.inf)
     arg_M = np.full((E, E), -1, np.int64)
     stale_M = np.zeros((E, E), np.bool_)
+    hint_M = np.zeros((E, E), np.int64)
     W_F = np.full((E, E), np.inf)
     arg_F = np.full((E, E), -1, np.int64)
     stale_F = np.zeros((E, E), np.bool_)
-    for j in range(E):
-        for k in range(E):
-            if j != k:
-                _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M)
+    # one token-major pass (rows read in order) instead of E^2 scans of the member lists;
+    # the first minimum in mobile order, as a scan of the member lists would find
+    w_rows(scores, x, mobile, W_M, arg_M)
+    routed = np.empty(E, np.int64)
+    unrouted = np.empty(E, np.int64)
     # W_F starts as a lower bound, not a scan: a fixed token has margin >= fixed_floor, so
     # gamma_ij - gamma_ik >= fixed_floor + p_k - p_j for its routed j and unrouted k (at the
     # start potentials). Stale entries are re-scanned only when a shortest path uses them;
@@ -225,8 +180,16 @@ def ssp_solve(
                 stale_F[j, k] = True
                 listed[j, k] = True
                 _next_fixed(j, k, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, listed)
-    routed = np.empty(E, np.int64)
-    unrouted = np.empty(E, np.int64)
+    # per-edge overflow lists, filled lazily from the expert's fixed tokens (_refill_expert)
+    o_head = np.zeros(E * E, np.int64)
+    o_end = np.zeros(E * E, np.int64)
+    o_m = np.full(E, 64, np.int64)  # per expert: how many tokens its next refill lists per edge
+    pool_val = np.empty(4096)
+    pool_tok = np.empty(4096, np.int64)
+    pool_n = 0
+    heap_val = np.empty((E, 64))
+    heap_tok = np.empty((E, 64), np.int64)
+    heap_n = np.zeros(E, np.int64)
 
     dist = np.empty(V)
     pred = np.empty(V, np.int64)
@@ -306,7 +269,7 @@ def ssp_solve(
             v = path_v[e]
             if W_M[u, v] <= W_F[u, v]:
                 if stale_M[u, v]:
-                    _rescan_mobile(u, v, scores, x, mem, cnt, W_M, arg_M, stale_M)
+                    _rescan_mobile(u, v, scores, x, mem, cnt, W_M, arg_M, stale_M, hint_M)
                     retry = True
                 else:
                     path_i[e] = arg_M[u, v]
@@ -320,7 +283,26 @@ def ssp_solve(
                             # the bound is on a shortest path: list more pairs (one O(TE)
                             # pass) rather than scan the expert's fixed tokens again and again
                             return SSP_RELIST, n_aug, n_rescan
-                        _rescan_fixed(u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F)
+                        # the edge's own overflow list: advance it, refill it when empty
+                        edge = u * E + v
+                        a = o_head[edge]
+                        while a < o_end[edge] and not in_F[pool_tok[a]]:
+                            a += 1
+                        o_head[edge] = a
+                        if a == o_end[edge]:
+                            # list u's edges afresh (every listed token of this edge left F)
+                            heap_val, heap_tok, pool_val, pool_tok, pool_n = refill_expert_lists(
+                                u, scores, x, f_ptr, f_tok, in_F, o_m, heap_val, heap_tok, heap_n,
+                                pool_val, pool_tok, pool_n, o_head, o_end, listed,
+                            )
+                            a = o_head[edge]
+                        if a < o_end[edge]:
+                            W_F[u, v] = pool_val[a]
+                            arg_F[u, v] = pool_tok[a]
+                        else:  # no fixed token of u can move to v
+                            W_F[u, v] = np.inf
+                            arg_F[u, v] = -1
+                        stale_F[u, v] = False
                     retry = True
                 else:
                     path_i[e] = arg_F[u, v]
@@ -329,7 +311,16 @@ def ssp_solve(
             n_rescan += 1
             continue
         if n_loc + n_new > capacity_M:
-            return SSP_GROW, n_aug, n_rescan
+            # more tokens must move than the mobile lists hold: grow them in place (a
+            # restart would rebuild every list and the fixed structure from scratch)
+            grown = max(2 * capacity_M, n_loc + n_new)
+            mem_g = np.empty((E, grown), np.int64)
+            pos_g = np.empty((grown, E), np.int64)
+            mem_g[:, :capacity_M] = mem
+            pos_g[:capacity_M] = pos
+            mem = mem_g
+            pos = pos_g
+            capacity_M = grown
         # ---- potentials, then the moves
         D = dist[target]
         for v in range(V):
