@@ -46,6 +46,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--experts", type=int, default=None, help="E, experts (default 16; trace: its E)")
     p.add_argument("--k", type=int, default=None,
                    help="K, experts per token (default 2; trace: the k it was recorded with)")
+    p.add_argument("--n-group", type=int, default=None, metavar="G",
+                   help="route group-limited: E experts in G groups (default 1: plain top-K; "
+                        "trace: its recorded n_group)")
+    p.add_argument("--topk-group", type=int, default=None, metavar="M",
+                   help="groups each token chooses among, ranked by their top-2 biased scores "
+                        "(default 1; trace: its recorded topk_group)")
     p.add_argument("--seeds", type=int, default=None,
                    help="S, independent streams (default 3; 1 with --trace, whose scores are data)")
     p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
@@ -108,13 +114,17 @@ def run(args: argparse.Namespace) -> int:
         n_steps, n_layers, n_tokens, n_experts = trace.shape
         if not 0 <= args.layer < n_layers:
             raise InvalidInputError(f"--layer {args.layer} out of range: the trace has {n_layers} layers")
-        recorded_k = trace.metadata.get("k")
-        if recorded_k is not None and args.k is not None and int(recorded_k) != args.k:
-            raise InvalidInputError(
-                f"--k {args.k} contradicts the trace, recorded with k = {recorded_k}: drop --k to "
-                "replay the model's own routing, or record a trace with that k")
-        if args.k is None and recorded_k is not None:
-            args.k = int(recorded_k)
+        sem = trace.semantics
+        recorded = {"k": sem.k, "n_group": sem.n_group,
+                    "topk_group": sem.topk_group if sem.n_group is not None else None}
+        for key, flag in (("k", "--k"), ("n_group", "--n-group"), ("topk_group", "--topk-group")):
+            given = getattr(args, key)
+            if recorded[key] is not None and given is not None and given != recorded[key]:
+                raise InvalidInputError(
+                    f"{flag} {given} contradicts the trace, recorded with {key} = {recorded[key]}: drop "
+                    f"{flag} to replay the model's own routing, or record a trace with that {key}")
+            if given is None and recorded[key] is not None:
+                setattr(args, key, recorded[key])
         _trace_semantics_note(trace, args.trace)
         stream, stream_params = "trace", {"path": args.trace, "layer": args.layer, **stream_params}
         for key, value in (("steps", n_steps), ("tokens", n_tokens), ("experts", n_experts)):
@@ -132,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         n_tokens=sizes["tokens"],
         n_experts=sizes["experts"],
         k=2 if args.k is None else args.k,
+        n_group=1 if args.n_group is None else args.n_group,
+        topk_group=1 if args.topk_group is None else args.topk_group,
         n_seeds=args.seeds if args.seeds is not None else (1 if args.trace else 3),
         seed=args.seed,
         u=args.u,
@@ -157,9 +169,9 @@ def _trace_semantics_note(trace, path) -> None:
     print(f"trace: {path}, tier {trace.tier}, {sem.describe()}")
     if sem.group_limited:
         print(f"note: the trace was routed group-limited (n_group = {sem.n_group}, topk_group = "
-              f"{sem.topk_group}); the simulator routes plain top-{sem.k} over all experts, so regret "
-              "is measured against the plain top-K optimum, an upper bound on what group-limited "
-              "routing can reach (alflb.integrations.replay replays the groups)", file=sys.stderr)
+              f"{sem.topk_group}); the simulator routes the same way, and measures regret against "
+              "the plain top-K optimum, a bound on what group-limited routing can reach",
+              file=sys.stderr)
 
 
 def _warn_time_scale(config, policies) -> None:
