@@ -43,7 +43,8 @@ def add_parser(subparsers) -> None:
                         "centred routes exactly like sign and is left out)")
     p.add_argument("--steps", type=int, default=None, help="N, batches per run (default 500; trace: its length)")
     p.add_argument("--tokens", type=int, default=None, help="T, tokens per batch (default 512; trace: its T)")
-    p.add_argument("--experts", type=int, default=None, help="E, experts (default 16; trace: its E)")
+    p.add_argument("--experts", "--n-experts", type=int, default=None,
+                   help="E, experts (default 16; trace: its E; needed to read a megatron trace)")
     p.add_argument("--k", type=int, default=None,
                    help="K, experts per token (default 2; trace: the k it was recorded with)")
     p.add_argument("--n-group", type=int, default=None, metavar="G",
@@ -59,8 +60,8 @@ def add_parser(subparsers) -> None:
                    help="step u for every rule that has one and was not given one (rule default 1e-3)")
     p.add_argument("--trace", default=None, metavar="FILE", help="replay a recorded trace (.npz)")
     p.add_argument("--trace-format", default="alflb", metavar="FORMAT",
-                   help="format of --trace: alflb (default) or an importer's (alflb.importers.FORMATS); "
-                        "the simulator needs a scores-tier trace")
+                   help="format of --trace: alflb (default) or an importer's (alflb.importers.FORMATS: sglang, "
+                        "megatron); the simulator needs a scores-tier trace")
     p.add_argument("--layer", type=int, default=0, help="which layer of the trace (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     group = p.add_mutually_exclusive_group()
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trace:
         from ..traces import import_trace
 
-        trace = import_trace(args.trace, format=args.trace_format)
+        options = {"n_experts": args.experts} if args.trace_format == "megatron" else {}
+        trace = import_trace(args.trace, format=args.trace_format, **options)
         # Regret needs every expert's score of every token; no importer yields scores yet, so
         # the stream below reads alflb files only.
         trace.require("scores", args.trace)
