@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +168,23 @@ def test_cli_groups_on_a_synthetic_stream(tmp_path, capsys):
     assert main([*base, "--rules", "multiplicative", "--n-group", "4", "--topk-group", "2",
                  "--out", str(tmp_path / "c")]) == 2
     assert "additive selection only" in capsys.readouterr().err
+
+
+def test_cli_reports_every_layer_of_a_trace(dsv3_trace, tmp_path, capsys):
+    trace, path = dsv3_trace
+    out = tmp_path / "all"
+    assert main(["simulate", "--trace", str(path), "--layer", "all", "--rules", "none,sign", "--quiet",
+                 "--no-plot", "--prefix-points", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "per layer: means over seeds (regret against the plain top-K optimum" in text
+    with open(out / "layers.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2 * trace.shape[1]
+    for layer in range(trace.shape[1]):
+        res = SimulationResult.load(out / f"layer{layer}")
+        assert res.config.stream_params["layer"] == layer and res.config.groups == (4, 2)
+        for r in res.summary_rows():
+            got = next(t for t in table if t["layer"] == str(layer) and t["policy"] == r["policy"])
+            assert float(got["static_regret"]) == pytest.approx(r["static_regret"])
+    assert main(["simulate", "--layer", "all", "--rules", "none", "--out", str(tmp_path / "x")]) == 2
+    assert "--layer all needs --trace" in capsys.readouterr().err

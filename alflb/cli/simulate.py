@@ -7,18 +7,31 @@ Example::
 
 writes the run folder (``config.json``, ``metrics.csv``, ``summary.csv``, ``summary.txt``,
 ``arrays/*.npz``, ``summary.png``) and prints the summary table. ``--trace FILE`` replays a
-recorded trace (:mod:`alflb.traces`) instead of a synthetic stream.
+recorded trace (:mod:`alflb.traces`) instead of a synthetic stream, routed with its
+recorded ``k``, ``n_group`` and ``topk_group``; ``--layer all`` replays each of its layers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import InvalidInputError
 from ._args import key_value
 
 DEFAULTS = {"steps": 500, "tokens": 512, "experts": 16}
+_PER_LAYER = (("maxvio_batch_mean", "MaxVio_batch"), ("maxvio_global", "MaxVio_global"),
+              ("static_regret", "static R_N"), ("dynamic_regret", "dynamic"))
+
+
+def _layer_arg(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer index or 'all', got {text!r}") from None
 
 
 def add_parser(subparsers) -> None:
@@ -62,7 +75,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trace-format", default="alflb", metavar="FORMAT",
                    help="format of --trace: alflb (default) or an importer's (alflb.importers.FORMATS: sglang, "
                         "megatron); the simulator needs a scores-tier trace")
-    p.add_argument("--layer", type=int, default=0, help="which layer of the trace (default 0)")
+    p.add_argument("--layer", type=_layer_arg, default=0,
+                   help="which layer of the trace (default 0), or all: one run folder per layer "
+                        "(DIR/layer<l>) and a per-layer table (DIR/layers.csv)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run folder: skip finished runs")
@@ -105,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     stream, stream_params = args.stream, dict(args.stream_param)
     sizes = {"steps": args.steps, "tokens": args.tokens, "experts": args.experts}
+    layers = [args.layer]
+    if args.layer == "all" and not args.trace:
+        raise InvalidInputError("--layer all needs --trace: a synthetic stream has one layer")
     if args.trace:
         from ..traces import import_trace
 
@@ -114,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         # the stream below reads alflb files only.
         trace.require("scores", args.trace)
         n_steps, n_layers, n_tokens, n_experts = trace.shape
-        if not 0 <= args.layer < n_layers:
+        if args.layer == "all":
+            layers = list(range(n_layers))
+        elif not 0 <= args.layer < n_layers:
             raise InvalidInputError(f"--layer {args.layer} out of range: the trace has {n_layers} layers")
         sem = trace.semantics
         recorded = {"k": sem.k, "n_group": sem.n_group,
@@ -128,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             if given is None and recorded[key] is not None:
                 setattr(args, key, recorded[key])
         _trace_semantics_note(trace, args.trace)
-        stream, stream_params = "trace", {"path": args.trace, "layer": args.layer, **stream_params}
+        stream = "trace"
         for key, value in (("steps", n_steps), ("tokens", n_tokens), ("experts", n_experts)):
             if sizes[key] is None:
                 sizes[key] = value
@@ -136,9 +156,8 @@ def run(args: argparse.Namespace) -> int:
         if sizes[key] is None:
             sizes[key] = value
     policies = tuple(r for r in (s.strip() for s in args.rules.split(",")) if r)
-    config = SimulationConfig(
+    settings = dict(
         stream=stream,
-        stream_params=stream_params,
         policies=policies,
         n_steps=sizes["steps"],
         n_tokens=sizes["tokens"],
@@ -156,13 +175,43 @@ def run(args: argparse.Namespace) -> int:
         pseudo_batches=args.pseudo_batches,
         progress=not args.quiet,  # a bar on a terminal only (exact comparators included)
     )
-    result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
-    print(result.format_summary())
+    per_layer = len(layers) > 1
+    rows = []
+    for layer in layers:
+        params = {"path": args.trace, "layer": layer, **stream_params} if args.trace else stream_params
+        config = SimulationConfig(**settings, stream_params=params)
+        out = str(Path(args.out) / f"layer{layer}") if per_layer else args.out
+        if per_layer:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            print(f"layer {layer} of {len(layers)}: run folder {out}")
+        result = simulate(config, out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
+        print(result.format_summary())
+        if args.ep_ranks is not None:
+            _report_ep(result, args, out)
+        rows += [{"layer": layer, "policy": r["policy"], **{c: r[c] for c, _ in _PER_LAYER}}
+                 for r in result.summary_rows()]
     _warn_time_scale(config, policies)
-    if args.ep_ranks is not None:
-        _report_ep(result, args)
+    if per_layer:
+        _report_layers(rows, args.out, config)
     print(f"run folder: {args.out}")
     return 0
+
+
+def _report_layers(rows, out, config) -> None:
+    """Every layer's summary in one table, printed and written to ``out/layers.csv``."""
+    import math
+
+    from .._tables import csv_text, text_table
+    from ..runio import atomic_write_text
+
+    bound = (" (regret against the plain top-K optimum, a bound on what group-limited routing "
+             "can reach)" if config.group_limited else "")
+    print(f"per layer: means over seeds{bound}")
+    cells = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+             for r in rows]
+    print(text_table(cells, ["layer", "policy", *(c for c, _ in _PER_LAYER)],
+                     headers=["layer", "policy", *(h for _, h in _PER_LAYER)]))
+    atomic_write_text(Path(out) / "layers.csv", csv_text(rows))
 
 
 def _trace_semantics_note(trace, path) -> None:
@@ -207,10 +256,8 @@ def _warn_time_scale(config, policies) -> None:
                   f"more than --steps {config.n_steps}: raise --u or --steps (see alflb advise)")
 
 
-def _report_ep(result, args) -> None:
+def _report_ep(result, args, out) -> None:
     """Per policy: the overload factor and the time lost to imbalance; ep.csv in the folder."""
-    from pathlib import Path
-
     from .._tables import csv_text, text_table
     from ..ep.report import simulation_ep_rows
     from ..runio import atomic_write_text
@@ -222,4 +269,4 @@ def _report_ep(result, args) -> None:
           "over a forced-balance run of the same tokens, minus 1 (means over steps and seeds)")
     print(text_table(table, ["policy", "overload_factor", "time_lost_pct", "step_time_s"],
                      headers=["policy", "overload factor", "time lost %", "step time (s)"]))
-    atomic_write_text(Path(args.out) / "ep.csv", csv_text(table))
+    atomic_write_text(Path(out) / "ep.csv", csv_text(table))
