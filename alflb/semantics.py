@@ -151,6 +151,8 @@ def route_as(scores_TE: Any, bias_E: Any, k: int, semantics: str | Semantics | N
     """
     import numpy as np
 
+    from ._groups import group_limited_topk
+
     sem = get_semantics(semantics)
     s = np.asarray(scores_TE, dtype=np.float32)
     if sem.score_dtype == "activation":
@@ -159,15 +161,8 @@ def route_as(scores_TE: Any, bias_E: Any, k: int, semantics: str | Semantics | N
         s = torch.from_numpy(np.ascontiguousarray(s)).to(torch.bfloat16).float().numpy()
     v = s + np.asarray(bias_E, dtype=np.float32)  # (T, E) fp32
     T, E = v.shape
-    if n_groups > 1:
-        size = sem.group_score_size(k, topk_groups)
-        g = v.reshape(T, n_groups, E // n_groups)
-        score_TG = -np.sort(-g, axis=-1)[..., :size].sum(-1)
-        keep_TG = np.argsort(-score_TG, axis=-1, kind="stable")[:, :topk_groups]
-        drop = np.ones((T, n_groups), dtype=bool)
-        np.put_along_axis(drop, keep_TG, False, axis=1)
-        v = np.where(drop[:, :, None], -np.inf, g).reshape(T, E)
-    idx = np.argsort(-v, axis=-1, kind="stable")[:, :k]
+    size = sem.group_score_size(k, topk_groups) if n_groups > 1 else 2
+    idx = group_limited_topk(v, k, n_groups, topk_groups, size)
     out = np.zeros((T, E), dtype=bool)
     np.put_along_axis(out, idx, True, axis=1)
     return out

@@ -183,10 +183,12 @@ def test_simulate_states_what_regret_is_measured_against_for_groups(tmp_path, ca
     assert main(["simulate", "--trace", str(path), *SIM, "--out", str(tmp_path / "g")]) == 0
     out, err = capsys.readouterr()
     assert "tier scores, k=2, score_func=sigmoid, groups 4 keep 2" in out
-    assert "regret is measured against the plain top-K optimum, an upper bound" in err
+    assert "the simulator routes the same way, and measures regret against the plain top-K optimum" in err
+    assert "routed group-limited (n_group = 4, topk_group = 2); regret is measured against the plain" in out
     plain = save_trace(tmp_path / "p.npz", _scores(n=4, layers=1, t=32), metadata={"k": 2})
     assert main(["simulate", "--trace", str(plain), *SIM, "--out", str(tmp_path / "p")]) == 0
-    assert "plain top-K optimum" not in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "plain top-K optimum" not in err + out
 
 
 def test_record_routing_writes_ids_and_biases_into_the_trace(tmp_path):

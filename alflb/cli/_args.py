@@ -37,3 +37,18 @@ def run_config(path: str, key: str, what: str) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get(key), dict):
         raise InvalidInputError(f"--config: {p} is not the configuration of {what}")
     return data[key]
+
+
+def importer_options(format: str, n_experts: int | None) -> dict:
+    """What the command line hands a trace importer: ``n_experts`` for the formats that need it.
+
+    ``--n-experts`` with a format that states its experts itself is refused (one line).
+    """
+    from ..errors import InvalidInputError
+
+    if format == "megatron":
+        return {"n_experts": n_experts}  # the importer refuses None in one line
+    if n_experts is not None:
+        raise InvalidInputError(f"--n-experts applies to --format megatron only; a {format} file "
+                                "states its number of experts")
+    return {}

@@ -10,7 +10,7 @@ Examples::
 Loads are token-slots per expert: a ``.npy`` of shape ``(E,)`` or ``(steps, E)``, an
 alflb trace ``.npz`` of any tier (its ``loads_NLE``, its selected ids counted, or top-K of
 its scores with ``metadata["k"]``), another recorder's dump with ``--format`` (e.g.
-``--format sglang``), or a simulation run folder (``arrays/run_<label>_seed<s>.npz``, array ``load_NE``).
+``--format sglang``, or ``--format megatron --n-experts E``), or a simulation run folder (``arrays/run_<label>_seed<s>.npz``, array ``load_NE``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def add_parser(subparsers) -> None:
                    help="replicas a rank may hold (default ceil((E + replicas) / R))")
     p.add_argument("--format", default="alflb", metavar="FORMAT",
                    help="format of a --loads trace file: alflb (default) or an importer's, e.g. sglang "
-                        "(any tier gives counts)")
+                        "or megatron (any tier gives counts)")
+    p.add_argument("--n-experts", type=int, default=None, metavar="E",
+                   help="experts per layer, for --format megatron (its file does not store them)")
     p.add_argument("--layer", type=int, default=None,
                    help="trace layer to use (default every layer, results averaged)")
     p.add_argument("--run", default=None, help="run label in a simulation folder (e.g. sign_u=0.001)")
@@ -79,11 +81,11 @@ def _npy(path: Path) -> np.ndarray:
     return arr
 
 
-def _trace_loads(path: Path, format: str = "alflb") -> tuple[np.ndarray, str]:
+def _trace_loads(path: Path, format: str = "alflb", options: dict | None = None) -> tuple[np.ndarray, str]:
     from ..integrations.replay import replay_group_limited
     from ..traces import import_trace
 
-    trace = import_trace(path, format=format)
+    trace = import_trace(path, format=format, **(options or {}))
     trace.require("counts", path)
     try:
         loads, what = trace.counts_NLE(select=replay_group_limited)
@@ -112,16 +114,17 @@ def _run_folder(path: Path, label: str | None, seed_index: int) -> tuple[np.ndar
 
 
 def read_loads(path: str, label: str | None = None, seed_index: int = 0,
-               format: str = "alflb") -> tuple[np.ndarray, str]:
+               format: str = "alflb", options: dict | None = None) -> tuple[np.ndarray, str]:
     """Loads as ``(N, L, E)`` token-slot counts, and a description of where they came from.
 
-    ``format`` other than ``"alflb"`` reads ``path`` with that importer (:mod:`alflb.importers`).
+    ``format`` other than ``"alflb"`` reads ``path`` with that importer (:mod:`alflb.importers`),
+    passing it ``options`` (e.g. ``n_experts`` for ``"megatron"``).
     """
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"--loads: no such file or folder: {path}")
     if format != "alflb" and not p.is_dir():
-        arr, what = _trace_loads(p, format)
+        arr, what = _trace_loads(p, format, options)
     elif p.is_dir():
         arr, what = _run_folder(p, label, seed_index)
     elif p.suffix == ".npz":
@@ -153,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
     if ranks % nodes:
         raise InvalidInputError(f"--ranks {ranks} must be a multiple of --nodes {nodes}")
     replicas = positive_int(args.replicas, "--replicas", minimum=0)
-    loads_NLE, what = read_loads(args.loads, args.run, args.seed_index, args.format)
+    from ._args import importer_options
+
+    loads_NLE, what = read_loads(args.loads, args.run, args.seed_index, args.format,
+                                 importer_options(args.format, args.n_experts))
     n_layers = loads_NLE.shape[1]
     if args.layer is not None:
         layer = positive_int(args.layer, "--layer", minimum=0, maximum=n_layers - 1)

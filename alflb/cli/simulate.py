@@ -7,18 +7,31 @@ Example::
 
 writes the run folder (``config.json``, ``metrics.csv``, ``summary.csv``, ``summary.txt``,
 ``arrays/*.npz``, ``summary.png``) and prints the summary table. ``--trace FILE`` replays a
-recorded trace (:mod:`alflb.traces`) instead of a synthetic stream.
+recorded trace (:mod:`alflb.traces`) instead of a synthetic stream, routed with its
+recorded ``k``, ``n_group`` and ``topk_group``; ``--layer all`` replays each of its layers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import InvalidInputError
 from ._args import key_value
 
 DEFAULTS = {"steps": 500, "tokens": 512, "experts": 16}
+_PER_LAYER = (("maxvio_batch_mean", "MaxVio_batch"), ("maxvio_global", "MaxVio_global"),
+              ("static_regret", "static R_N"), ("dynamic_regret", "dynamic"))
+
+
+def _layer_arg(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer index or 'all', got {text!r}") from None
 
 
 def add_parser(subparsers) -> None:
@@ -43,9 +56,16 @@ def add_parser(subparsers) -> None:
                         "centred routes exactly like sign and is left out)")
     p.add_argument("--steps", type=int, default=None, help="N, batches per run (default 500; trace: its length)")
     p.add_argument("--tokens", type=int, default=None, help="T, tokens per batch (default 512; trace: its T)")
-    p.add_argument("--experts", type=int, default=None, help="E, experts (default 16; trace: its E)")
+    p.add_argument("--experts", "--n-experts", type=int, default=None,
+                   help="E, experts (default 16; trace: its E; needed to read a megatron trace)")
     p.add_argument("--k", type=int, default=None,
                    help="K, experts per token (default 2; trace: the k it was recorded with)")
+    p.add_argument("--n-group", type=int, default=None, metavar="G",
+                   help="route group-limited: E experts in G groups (default 1: plain top-K; "
+                        "trace: its recorded n_group)")
+    p.add_argument("--topk-group", type=int, default=None, metavar="M",
+                   help="groups each token chooses among, ranked by their top-2 biased scores "
+                        "(default 1; trace: its recorded topk_group)")
     p.add_argument("--seeds", type=int, default=None,
                    help="S, independent streams (default 3; 1 with --trace, whose scores are data)")
     p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
@@ -53,9 +73,11 @@ def add_parser(subparsers) -> None:
                    help="step u for every rule that has one and was not given one (rule default 1e-3)")
     p.add_argument("--trace", default=None, metavar="FILE", help="replay a recorded trace (.npz)")
     p.add_argument("--trace-format", default="alflb", metavar="FORMAT",
-                   help="format of --trace: alflb (default) or an importer's (alflb.importers.FORMATS); "
-                        "the simulator needs a scores-tier trace")
-    p.add_argument("--layer", type=int, default=0, help="which layer of the trace (default 0)")
+                   help="format of --trace: alflb (default) or an importer's (alflb.importers.FORMATS: sglang, "
+                        "megatron); the simulator needs a scores-tier trace")
+    p.add_argument("--layer", type=_layer_arg, default=0,
+                   help="which layer of the trace (default 0), or all: one run folder per layer "
+                        "(DIR/layer<l>) and a per-layer table (DIR/layers.csv)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run folder: skip finished runs")
@@ -98,25 +120,35 @@ def run(args: argparse.Namespace) -> int:
 
     stream, stream_params = args.stream, dict(args.stream_param)
     sizes = {"steps": args.steps, "tokens": args.tokens, "experts": args.experts}
+    layers = [args.layer]
+    if args.layer == "all" and not args.trace:
+        raise InvalidInputError("--layer all needs --trace: a synthetic stream has one layer")
     if args.trace:
         from ..traces import import_trace
 
-        trace = import_trace(args.trace, format=args.trace_format)
+        options = {"n_experts": args.experts} if args.trace_format == "megatron" else {}
+        trace = import_trace(args.trace, format=args.trace_format, **options)
         # Regret needs every expert's score of every token; no importer yields scores yet, so
         # the stream below reads alflb files only.
         trace.require("scores", args.trace)
         n_steps, n_layers, n_tokens, n_experts = trace.shape
-        if not 0 <= args.layer < n_layers:
+        if args.layer == "all":
+            layers = list(range(n_layers))
+        elif not 0 <= args.layer < n_layers:
             raise InvalidInputError(f"--layer {args.layer} out of range: the trace has {n_layers} layers")
-        recorded_k = trace.metadata.get("k")
-        if recorded_k is not None and args.k is not None and int(recorded_k) != args.k:
-            raise InvalidInputError(
-                f"--k {args.k} contradicts the trace, recorded with k = {recorded_k}: drop --k to "
-                "replay the model's own routing, or record a trace with that k")
-        if args.k is None and recorded_k is not None:
-            args.k = int(recorded_k)
+        sem = trace.semantics
+        recorded = {"k": sem.k, "n_group": sem.n_group,
+                    "topk_group": sem.topk_group if sem.n_group is not None else None}
+        for key, flag in (("k", "--k"), ("n_group", "--n-group"), ("topk_group", "--topk-group")):
+            given = getattr(args, key)
+            if recorded[key] is not None and given is not None and given != recorded[key]:
+                raise InvalidInputError(
+                    f"{flag} {given} contradicts the trace, recorded with {key} = {recorded[key]}: drop "
+                    f"{flag} to replay the model's own routing, or record a trace with that {key}")
+            if given is None and recorded[key] is not None:
+                setattr(args, key, recorded[key])
         _trace_semantics_note(trace, args.trace)
-        stream, stream_params = "trace", {"path": args.trace, "layer": args.layer, **stream_params}
+        stream = "trace"
         for key, value in (("steps", n_steps), ("tokens", n_tokens), ("experts", n_experts)):
             if sizes[key] is None:
                 sizes[key] = value
@@ -124,14 +156,15 @@ def run(args: argparse.Namespace) -> int:
         if sizes[key] is None:
             sizes[key] = value
     policies = tuple(r for r in (s.strip() for s in args.rules.split(",")) if r)
-    config = SimulationConfig(
+    settings = dict(
         stream=stream,
-        stream_params=stream_params,
         policies=policies,
         n_steps=sizes["steps"],
         n_tokens=sizes["tokens"],
         n_experts=sizes["experts"],
         k=2 if args.k is None else args.k,
+        n_group=1 if args.n_group is None else args.n_group,
+        topk_group=1 if args.topk_group is None else args.topk_group,
         n_seeds=args.seeds if args.seeds is not None else (1 if args.trace else 3),
         seed=args.seed,
         u=args.u,
@@ -142,13 +175,43 @@ def run(args: argparse.Namespace) -> int:
         pseudo_batches=args.pseudo_batches,
         progress=not args.quiet,  # a bar on a terminal only (exact comparators included)
     )
-    result = simulate(config, args.out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
-    print(result.format_summary())
+    per_layer = len(layers) > 1
+    rows = []
+    for layer in layers:
+        params = {"path": args.trace, "layer": layer, **stream_params} if args.trace else stream_params
+        config = SimulationConfig(**settings, stream_params=params)
+        out = str(Path(args.out) / f"layer{layer}") if per_layer else args.out
+        if per_layer:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            print(f"layer {layer} of {len(layers)}: run folder {out}")
+        result = simulate(config, out, resume=args.resume, overwrite=args.overwrite, plot=not args.no_plot)
+        print(result.format_summary())
+        if args.ep_ranks is not None:
+            _report_ep(result, args, out)
+        rows += [{"layer": layer, "policy": r["policy"], **{c: r[c] for c, _ in _PER_LAYER}}
+                 for r in result.summary_rows()]
     _warn_time_scale(config, policies)
-    if args.ep_ranks is not None:
-        _report_ep(result, args)
+    if per_layer:
+        _report_layers(rows, args.out, config)
     print(f"run folder: {args.out}")
     return 0
+
+
+def _report_layers(rows, out, config) -> None:
+    """Every layer's summary in one table, printed and written to ``out/layers.csv``."""
+    import math
+
+    from .._tables import csv_text, text_table
+    from ..runio import atomic_write_text
+
+    bound = (" (regret against the plain top-K optimum, a bound on what group-limited routing "
+             "can reach)" if config.group_limited else "")
+    print(f"per layer: means over seeds{bound}")
+    cells = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+             for r in rows]
+    print(text_table(cells, ["layer", "policy", *(c for c, _ in _PER_LAYER)],
+                     headers=["layer", "policy", *(h for _, h in _PER_LAYER)]))
+    atomic_write_text(Path(out) / "layers.csv", csv_text(rows))
 
 
 def _trace_semantics_note(trace, path) -> None:
@@ -157,9 +220,9 @@ def _trace_semantics_note(trace, path) -> None:
     print(f"trace: {path}, tier {trace.tier}, {sem.describe()}")
     if sem.group_limited:
         print(f"note: the trace was routed group-limited (n_group = {sem.n_group}, topk_group = "
-              f"{sem.topk_group}); the simulator routes plain top-{sem.k} over all experts, so regret "
-              "is measured against the plain top-K optimum, an upper bound on what group-limited "
-              "routing can reach (alflb.integrations.replay replays the groups)", file=sys.stderr)
+              f"{sem.topk_group}); the simulator routes the same way, and measures regret against "
+              "the plain top-K optimum, a bound on what group-limited routing can reach",
+              file=sys.stderr)
 
 
 def _warn_time_scale(config, policies) -> None:
@@ -193,10 +256,8 @@ def _warn_time_scale(config, policies) -> None:
                   f"more than --steps {config.n_steps}: raise --u or --steps (see alflb advise)")
 
 
-def _report_ep(result, args) -> None:
+def _report_ep(result, args, out) -> None:
     """Per policy: the overload factor and the time lost to imbalance; ep.csv in the folder."""
-    from pathlib import Path
-
     from .._tables import csv_text, text_table
     from ..ep.report import simulation_ep_rows
     from ..runio import atomic_write_text
@@ -208,4 +269,4 @@ def _report_ep(result, args) -> None:
           "over a forced-balance run of the same tokens, minus 1 (means over steps and seeds)")
     print(text_table(table, ["policy", "overload_factor", "time_lost_pct", "step_time_s"],
                      headers=["policy", "overload factor", "time lost %", "step time (s)"]))
-    atomic_write_text(Path(args.out) / "ep.csv", csv_text(table))
+    atomic_write_text(Path(out) / "ep.csv", csv_text(table))

@@ -11,9 +11,13 @@ format                 tier    file
                                ``global_physical_count``)
 ``sglang``             ids     the same recorder in ``per_token`` mode (``records`` of
                                ``topk_ids_of_layer``): ``expert_distribution_recorder_<t>_<rank>.pt``
+``megatron``           ids     ``torch.save`` of Megatron-core's ``RouterReplay.get_recorded_data()``
+                               (one ``(tokens, topk)`` index tensor per MoE layer), or a list of
+                               them, one per step; needs ``n_experts=``
 =====================  ======  =================================================================
 
-The mode is read from the file's keys (:mod:`alflb.importers.sglang`).
+The SGLang mode is read from the file's keys (:mod:`alflb.importers.sglang`); the Megatron
+layouts are those of :mod:`alflb.importers.megatron`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ..errors import InvalidInputError
 
 __all__ = ["FORMATS", "read_dump"]
 
-FORMATS = ("alflb", "sglang")
+FORMATS = ("alflb", "sglang", "megatron")
 
 
 def read_dump(path: str | os.PathLike, format: str, **options: Any) -> dict[str, Any]:
@@ -39,4 +43,8 @@ def read_dump(path: str | os.PathLike, format: str, **options: Any) -> dict[str,
         from .sglang import read_sglang
 
         return read_sglang(path, **options)
+    if format == "megatron":
+        from .megatron import read_megatron
+
+        return read_megatron(path, **options)
     raise InvalidInputError(f"unknown trace format {format!r}; available: {', '.join(FORMATS)}")

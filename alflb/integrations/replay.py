@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .._groups import group_limited_topk
 from ..errors import InvalidInputError
 from ..traces import Trace
 
@@ -51,21 +52,13 @@ def replay_group_limited(scores_TE: Any, bias_E: Any, k: int, n_group: int = 1,
     bias = np.asarray(bias_E, dtype=np.float32)
     if scores.ndim != 2 or bias.shape != (scores.shape[1],):
         raise InvalidInputError(f"need scores_TE (T, E) and bias_E (E,), got {scores.shape} and {bias.shape}")
-    t, e = scores.shape
+    e = scores.shape[1]
     if n_group < 1 or e % n_group or not 1 <= topk_group <= n_group:
         raise InvalidInputError(f"E = {e} experts cannot form n_group = {n_group} groups keeping {topk_group}")
     if not 1 <= k <= e:
         raise InvalidInputError(f"k must be in [1, {e}], got {k}")
     biased_TE = scores + bias  # fp32, as the routers compute it
-    if n_group > 1:
-        grouped_TGn = biased_TE.reshape(t, n_group, e // n_group)
-        top2 = np.sort(grouped_TGn, axis=-1)[..., -2:] if e // n_group >= 2 else grouped_TGn
-        group_TG = top2.sum(-1)
-        keep_TG = np.argsort(-group_TG, axis=-1, kind="stable")[:, :topk_group]
-        drop_TG = np.ones((t, n_group), dtype=bool)
-        np.put_along_axis(drop_TG, keep_TG, False, axis=-1)
-        biased_TE = np.where(drop_TG[..., None], -np.inf, grouped_TGn).reshape(t, e)
-    topk_TK = np.argsort(-biased_TE, axis=-1, kind="stable")[:, :k]
+    topk_TK = group_limited_topk(biased_TE, k, n_group, topk_group)
     return np.sort(topk_TK, axis=-1)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._groups import check_groups
 from .._validate import choice, finite_float, positive_int
 from ..errors import InvalidInputError
 from ..problem import balanced_capacity
@@ -27,6 +28,13 @@ class SimulationConfig:
 
     Validation happens here: stream and policy names, sizes, ``K*T/E`` an integer.
 
+    ``n_group > 1`` routes rules and Sinkhorn group-limited (:mod:`alflb.simulator.policy`):
+    ``topk_group`` groups of ``E / n_group`` experts, ranked by their top-2 biased
+    scores. The exact comparators stay those of the plain assignment problem, so regret
+    is then measured against the plain top-K optimum, a bound on what group-limited
+    routing can reach. A plain config (``n_group = topk_group = 1``) writes neither field
+    to ``config.json``.
+
     >>> cfg = SimulationConfig(policies=("none", "sign:u=0.01"), n_tokens=32, n_experts=4, k=1)
     >>> cfg.labels, cfg.capacity_E.tolist()
     (('none', 'sign_u=0.01'), [8, 8, 8, 8])
@@ -39,6 +47,8 @@ class SimulationConfig:
     n_tokens: int = 512  # T, tokens per batch
     n_experts: int = 16  # E
     k: int = 2  # K, experts per token
+    n_group: int = 1  # G, expert groups of group-limited routing (1: plain top-K)
+    topk_group: int = 1  # groups each token may choose from (DeepSeek-V3 "noaux_tc")
     n_seeds: int = 3  # S, independent streams (SeedSequence(seed).spawn(S))
     seed: int = 0  # root seed
     u: float | None = None  # step given to every rule whose step parameter is `u`, if not given
@@ -83,6 +93,9 @@ class SimulationConfig:
             raise InvalidInputError(
                 f"policies must be a tuple or list of rule/comparator names, got {self.policies!r}"
             )
+        n_group, topk_group = check_groups(self.n_experts, self.k, self.n_group, self.topk_group)
+        object.__setattr__(self, "n_group", n_group)
+        object.__setattr__(self, "topk_group", topk_group)
         balanced_capacity(self.n_tokens, self.n_experts, self.k)  # raises if K*T/E is fractional
         if self.pseudo_batches and self.stream == "trace":
             raise InvalidInputError("pseudo-regret needs a synthetic stream: a trace has no independent sample")
@@ -104,6 +117,15 @@ class SimulationConfig:
         return tuple(p.label for p in self.policies)
 
     @property
+    def groups(self) -> tuple[int, int]:
+        """``(n_group, topk_group)``; ``(1, 1)`` is plain top-K."""
+        return (self.n_group, self.topk_group)
+
+    @property
+    def group_limited(self) -> bool:
+        return self.n_group > 1
+
+    @property
     def capacity_E(self) -> np.ndarray:
         """The balanced capacities ``K*T/E`` (int64)."""
         return balanced_capacity(self.n_tokens, self.n_experts, self.k)
@@ -113,7 +135,8 @@ class SimulationConfig:
 
     def make_policies(self) -> tuple[Policy, ...]:
         """One :class:`~alflb.simulator.policy.Policy` per spec, in order."""
-        return tuple(make_policy(spec, u=self.u, record_t1=self.record_t1, sinkhorn_tau=self.sinkhorn_tau)
+        return tuple(make_policy(spec, u=self.u, record_t1=self.record_t1, sinkhorn_tau=self.sinkhorn_tau,
+                                 groups=self.groups)
                      for spec in self.policies)
 
     def seed_sequences(self) -> list[np.random.SeedSequence]:
@@ -124,6 +147,9 @@ class SimulationConfig:
         d = dataclasses.asdict(self)
         d["policies"] = [p.as_dict() for p in self.policies]
         d.pop("progress")  # presentation only: not part of what defines the run
+        if not self.group_limited:  # plain runs keep the config (and its hash) they always had
+            d.pop("n_group")
+            d.pop("topk_group")
         return d
 
     @classmethod

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .._array import to_numpy
+from .._groups import check_groups
 from .._progress import progress
 from ..comparators import batch_optimum
 from ..errors import CorruptFileError, InvalidInputError
@@ -117,13 +118,17 @@ def run_policy(
     record_t1: bool = True,
     sinkhorn_tau: float = 0.05,
     solver: str = "fast",
+    n_group: int = 1,
+    topk_group: int = 1,
 ) -> PolicyRun:
     """Run one policy causally over a given score array (no seeds, no regret, no folder).
 
     ``policy`` is a :class:`~alflb.simulator.PolicySpec`, a ``"name:k=v"`` string, an
     :class:`~alflb.rules.UpdateRule` or a :class:`~alflb.simulator.policy.Policy`.
-    ``capacity_E`` defaults to the balanced ``K*T/E``. The returned run has
-    ``seed_index = -1``.
+    ``capacity_E`` defaults to the balanced ``K*T/E``. ``n_group > 1`` routes
+    group-limited (keeping ``topk_group`` groups; :mod:`alflb.simulator.policy`); a
+    ready-made :class:`~alflb.simulator.policy.Policy` keeps its own routing. The
+    returned run has ``seed_index = -1``.
 
     >>> import numpy as np
     >>> scores = np.random.default_rng(0).random((5, 8, 4)).astype(np.float32)
@@ -149,9 +154,10 @@ def run_policy(
     # The problem's own checks: integer, non-negative, each <= T, summing to K*T.
     cap = (balanced_capacity(n_tokens, n_experts, k) if capacity_E is None
            else AssignmentProblem._check_capacity(capacity_E, n_tokens, n_experts, k, "equal"))
+    groups = check_groups(n_experts, k, n_group, topk_group)
     start = time.perf_counter()
     if not isinstance(policy, Policy):
-        policy = make_policy(policy, u=u, record_t1=record_t1, sinkhorn_tau=sinkhorn_tau)
+        policy = make_policy(policy, u=u, record_t1=record_t1, sinkhorn_tau=sinkhorn_tau, groups=groups)
     batch = batch_optima(scores_NTE, k, cap, solver) if policy.needs_batch_optima else None
     arrays = run_steps(policy, scores_NTE, k, cap, batch)
     return PolicyRun(label=policy.label, seed_index=-1, time_s=time.perf_counter() - start,

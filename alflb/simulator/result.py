@@ -211,6 +211,12 @@ class SimulationResult:
             "batch: mean over steps, global: loads summed over the run; regrets against exact "
             "comparators, means over seeds"
         )
+        if cfg.group_limited:
+            head += (
+                f"\nrouted group-limited (n_group = {cfg.n_group}, topk_group = {cfg.topk_group}); "
+                "regret is measured against the plain top-K optimum, a bound on what "
+                "group-limited routing can reach"
+            )
         shown = [(c, h) for c, h in zip(_SUMMARY_COLUMNS, _SUMMARY_HEADERS, strict=True)
                  if c != "pseudo_regret" or (self.references and self.references[0].f_star_N.size)]
         rows = self.summary_rows() if summary_rows is None else summary_rows
