@@ -34,7 +34,8 @@ def test_the_frameworks_differ_where_the_table_says():
     assert diffs == {
         "deepseek_v3": set(), "transformers": set(), "alflb": {"aux_counts"},
         "torchtitan": {"centre", "target"},
-        "megatron": {"group_score", "normalise_top1", "global_aux_divisor", "quantile_scope", "target", "score_dtype"},
+        "megatron": {"group_score", "normalise_top1", "global_aux_divisor", "quantile_scope", "quantile_input",
+                     "target", "score_dtype", "count_when"},
     }
 
 
