@@ -267,7 +267,7 @@ def test_megatron_counts_whenever_grad_is_enabled_the_others_per_training_forwar
         from torch.utils.checkpoint import checkpoint
 
         d = torch.zeros(1, requires_grad=True)  # re-entrant: first pass no_grad, recomputation with grad
-        checkpoint(lambda t, d: model(t).logits + d, x, d, use_reentrant=True).float().sum().backward()
+        checkpoint(lambda t, d, m=model: m(t).logits + d, x, d, use_reentrant=True).float().sum().backward()
         counted[name] = (eval_grad, train_nograd, int(model.loads().sum()))
     per_forward = 2 * 16 * 2 * 2  # T K per layer, 2 MoE layers
     assert counted["megatron"] == (per_forward, 0, per_forward)
