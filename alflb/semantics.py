@@ -13,7 +13,8 @@ Sign convention: the router adds the bias ``p``; an overloaded expert's bias goe
 The default, ``deepseek_v3``, follows the DeepSeek-V3 report [V3]: groups ranked by the
 sum of their top-2 biased scores (section 2.1.2, "noaux_tc"), gates normalised over the
 selected experts for every ``K`` (eq. 13), the sequence-wise loss counting the top-K of
-the *unbiased* affinities with no group limit (eq. 18), the uncentred sign step.
+the *unbiased* affinities with no group limit (eq. 18), the uncentred sign step, loads
+counted once per real training forward.
 ``alflb`` is the reading before this table existed (the auxiliary losses counted the
 experts actually selected, biased and group-limited).
 
@@ -54,10 +55,12 @@ class Semantics:
     aux_counts: str  # f_k of the aux losses: "unbiased" top-K of the scores, no group limit | "selected" experts
     global_aux_divisor: str  # global-batch loss: "tokens" (all tokens so far) | "micro_batches" (running mean count, micro-batch tokens)
     quantile_scope: str  # quantile balancing: "global" one sweep on the global batch | "micro_batch_mean" mean of per-micro-batch sweeps
-    centre: bool  # subtract the mean of each bias step (sign family)
+    quantile_input: str  # quantile balancing reads and selects on: "scores" (s + p) | "logits" (raw fp32 logits + p)
+    centre: bool  # subtract the mean of each bias step (every rule of the sign family)
     target: str  # the rule's capacity: "kt_over_e" K*T/E in float64 | "mean_fp32" the fp32 mean of the counts
     score_dtype: str  # scores before the bias: "fp32" | "activation" (rounded to the router input's dtype first)
-    counting: str  # descriptive: when loads are counted (the model counts every real training forward once)
+    count_when: str  # loads counted: "training_forward" each real training forward once | "grad_enabled" any mode
+    counting: str  # the framework's counting in words (padding, reductions, checkpointing)
 
     def __post_init__(self) -> None:
         allowed = {
@@ -65,6 +68,8 @@ class Semantics:
             "aux_counts": ("unbiased", "selected"),
             "global_aux_divisor": ("tokens", "micro_batches"),
             "quantile_scope": ("global", "micro_batch_mean"),
+            "quantile_input": ("scores", "logits"),
+            "count_when": ("training_forward", "grad_enabled"),
             "target": ("kt_over_e", "mean_fp32"),
             "score_dtype": ("fp32", "activation"),
         }
@@ -95,7 +100,8 @@ class Semantics:
 
 _V3 = dict(
     group_score="top2", normalise_top1=True, aux_counts="unbiased", global_aux_divisor="tokens",
-    quantile_scope="global", centre=False, target="kt_over_e", score_dtype="fp32",
+    quantile_scope="global", quantile_input="scores", centre=False, target="kt_over_e", score_dtype="fp32",
+    count_when="training_forward",
     counting="each real training forward once (training mode, not evaluation, not recomputation)",
 )
 
@@ -104,8 +110,8 @@ SEMANTICS: dict[str, Semantics] = {
     "alflb": Semantics(name="alflb", **{**_V3, "aux_counts": "selected"}),
     "megatron": Semantics(
         name="megatron", group_score="topk_per_group", normalise_top1=False, aux_counts="unbiased",
-        global_aux_divisor="micro_batches", quantile_scope="micro_batch_mean", centre=False,
-        target="mean_fp32", score_dtype="activation",
+        global_aux_divisor="micro_batches", quantile_scope="micro_batch_mean", quantile_input="logits",
+        centre=False, target="mean_fp32", score_dtype="activation", count_when="grad_enabled",
         counting="with grad enabled (any mode), padding skipped, all-reduced over TP x CP x DP",
     ),
     "torchtitan": Semantics(

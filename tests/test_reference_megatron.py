@@ -230,3 +230,56 @@ def test_sign_update_equals_megatron(monkeypatch):
     ref = moe_utils.get_updated_expert_bias(loads.float(), torch.zeros(E), 1e-3)
     with pytest.raises(AssertionError):
         torch.testing.assert_close(mutant_model.routers()[0].expert_bias, ref, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ quantile balancing
+
+
+def _qb_dual_update():
+    """megatron-core's quantile-balancing routing and column quantile, or skip (0.16.1 has none)."""
+    fn = getattr(moe_utils, "qb_dual_update", None)
+    if fn is None:
+        pytest.skip("this megatron-core has no quantile balancing (qb_dual_update: core_v0.19.0 and later)")
+    return fn
+
+
+def _quantile_against_megatron(sizes, steps=3):
+    """Route unequal micro-batches of raw logits with alflb's model and with ``qb_dual_update``
+    from the same bias, then compare alflb's bias update with megatron-core's
+    ``finalize_model_grads._update_router_qb_beta`` (mean of the micro-batches' column
+    quantiles, EMA 0, centred), written out here for one data-parallel rank. ``p = -beta``."""
+    qb = _qb_dual_update()
+    rng = np.random.default_rng(9)
+    E, K = 16, 4
+    model = _tiny_model("megatron", E, K).train()
+    balancer = Balancer(BalanceConfig(mode="quantile", rule_params={"k": K}), model)
+    balancer.init_biases(model)
+    router = model.routers()[0]
+    for _ in range(steps):
+        beta = -router.expert_bias.clone()
+        balancer.begin_step(model)
+        quantiles = []
+        for T in sizes:  # continuous logits (no ties), skewed towards the low experts
+            logits = torch.tensor(rng.normal(size=(T, E)) * 2 + np.linspace(2, 0, E), dtype=torch.float32)
+            ours = router(logits)
+            indices, beta_local = qb(logits, K, beta)
+            torch.testing.assert_close(as_map(ours.topk_TK, E), as_map(indices, E), rtol=0, atol=0)
+            balancer.loss([ours], model)
+            quantiles.append(beta_local)
+        mean = torch.stack(quantiles).sum(0) / len(quantiles)
+        balancer.end_step(model)
+        torch.testing.assert_close(router.expert_bias, -(mean - mean.mean()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [(64, 64), (16, 48, 96)])
+def test_quantile_balancing_equals_megatrons_dual_update(sizes):
+    _quantile_against_megatron(sizes)
+
+
+def test_quantile_balancing_on_scores_is_not_megatrons(monkeypatch):
+    """Mutation: the sweeps on the sigmoid scores (quantile_input="scores") disagree."""
+    from alflb.semantics import SEMANTICS
+
+    monkeypatch.setitem(SEMANTICS, "megatron", MEGATRON.replace(quantile_input="scores"))
+    with pytest.raises(AssertionError):
+        _quantile_against_megatron((16, 48, 96), steps=1)

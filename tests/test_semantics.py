@@ -34,7 +34,8 @@ def test_the_frameworks_differ_where_the_table_says():
     assert diffs == {
         "deepseek_v3": set(), "transformers": set(), "alflb": {"aux_counts"},
         "torchtitan": {"centre", "target"},
-        "megatron": {"group_score", "normalise_top1", "global_aux_divisor", "quantile_scope", "target", "score_dtype"},
+        "megatron": {"group_score", "normalise_top1", "global_aux_divisor", "quantile_scope", "quantile_input",
+                     "target", "score_dtype", "count_when"},
     }
 
 
@@ -140,3 +141,134 @@ def test_quantile_balancing_averages_micro_batch_sweeps_under_megatron():
                        scores_TE=torch.cat(chunks).double().numpy()).bias_E
     np.testing.assert_allclose(biases["deepseek_v3"].numpy(), glob, rtol=1e-6, atol=1e-7)
     assert not np.allclose(biases["megatron"].numpy(), glob)
+
+
+def _quantile_step(monkeypatch, quantile_input=None, batch_sizes=(1, 2, 3)):
+    """One optimiser step of quantile balancing under ``megatron`` (or its mutant), micro-batches of
+    unequal sizes; the routing outputs of each micro-batch and the biases after the step."""
+    if quantile_input is not None:
+        monkeypatch.setitem(SEMANTICS, "megatron", SEMANTICS["megatron"].replace(quantile_input=quantile_input))
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", semantics="megatron", n_routed_experts=8, top_k=2, n_groups=1, topk_groups=1)
+    model = DeepSeekMoE(cfg).train()
+    bal = Balancer(BalanceConfig(mode="quantile", rule_params={"k": 2}), model)
+    bal.init_biases(model)
+    bal.begin_step(model)
+    gen = torch.Generator().manual_seed(1)
+    routed = []
+    for B in batch_sizes:  # T = 16 B tokens: K T / E = 4 B, an integer
+        out = model(torch.randint(0, 256, (B, 16), generator=gen))
+        bal.loss(out.routing, model)
+        routed.append(out.routing)
+    bal.end_step(model)
+    return model, routed
+
+
+def test_megatron_quantile_balancing_reads_and_selects_on_the_raw_logits(monkeypatch):
+    """megatron-core (quantile balancing, core_v0.19.0): experts = top-K of ``logits - beta``,
+    ``beta`` the mean over micro-batches of each micro-batch's column quantile, centred."""
+    model, routed = _quantile_step(monkeypatch)
+    rule = BalanceConfig(mode="quantile", rule_params={"k": 2}).make_rule()
+
+    def sweep_mean(field):
+        per = [rule.update(np.zeros(8), np.full(8, 2 * len(x) / 8), np.full(8, 2 * len(x) / 8),
+                           scores_TE=x.double().numpy()).bias_E for x in field]
+        return np.mean(per, axis=0)  # each micro-batch weighs the same, whatever its tokens
+
+    for layer, router in enumerate(model.routers()):
+        logits = [r[layer].logits_TE for r in routed]
+        bias = router.expert_bias.double().numpy()
+        np.testing.assert_allclose(bias, sweep_mean(logits), rtol=1e-6, atol=1e-7)
+        assert not np.allclose(bias, sweep_mean([r[layer].scores_TE.detach() for r in routed]), atol=1e-4)
+        tokens = np.cumsum([0] + [len(x) for x in logits])
+        weighted = sum(len(x) * p for x, p in zip(logits, [sweep_mean([x]) for x in logits])) / tokens[-1]
+        assert not np.allclose(bias, weighted, atol=1e-4)  # not a token-weighted mean
+    # selection: the top-K of logits + bias, not of scores + bias (bias in logit units)
+    x = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(2))
+    out = model.eval()(x)
+    for r, router in zip(out.routing, model.routers()):
+        expect = (r.logits_TE + router.expert_bias).topk(2, dim=-1).indices
+        torch.testing.assert_close(as_map(r.topk_TK, 8), as_map(expect, 8))
+        on_scores = (r.scores_TE.detach() + router.expert_bias).topk(2, dim=-1).indices
+        assert not torch.equal(as_map(r.topk_TK, 8), as_map(on_scores, 8))
+
+
+def test_quantile_input_mutation_is_caught(monkeypatch):
+    """With the flag set wrong (scores), the biases are the scores' sweeps: the logits test fails."""
+    model, routed = _quantile_step(monkeypatch, "scores")
+    router = model.routers()[0]
+    rule = BalanceConfig(mode="quantile", rule_params={"k": 2}).make_rule()
+    per = [rule.update(np.zeros(8), np.full(8, 2 * len(r[0].logits_TE) / 8), np.full(8, 2 * len(r[0].logits_TE) / 8),
+                       scores_TE=r[0].logits_TE.double().numpy()).bias_E for r in routed]
+    assert not np.allclose(router.expert_bias.double().numpy(), np.mean(per, axis=0), atol=1e-4)
+    assert router.select_on == "scores"
+
+
+@pytest.mark.parametrize("spec", [
+    {"mode": "frozen_tail", "rule_params": {"base": "sign", "freeze_after": 3}},
+    {"mode": "sign", "rule_params": {"schedule": {"kind": "piecewise", "values": [0.1, 0.05], "boundaries": [2]}}},
+])
+def test_torchtitan_centres_the_whole_sign_family(spec):
+    """frozen_tail(sign) and a scheduled sign rule stay centred under torchtitan and drift under
+    deepseek_v3 (the mutation: no centring)."""
+    rng = np.random.default_rng(5)
+    sums = {}
+    for name in ("torchtitan", "deepseek_v3"):
+        model = _model(name)
+        bal = Balancer(BalanceConfig(u=0.1, **spec), model)
+        assert bal.rule.capabilities().sign_step
+        bal.init_biases(model)
+        for _ in range(5):
+            loads = torch.tensor(rng.multinomial(16, np.linspace(4, 1, 8) / np.linspace(4, 1, 8).sum()))
+            for r in model.routers():
+                r.load_count.copy_(loads)
+            bal.end_step(model)
+            sums.setdefault(name, []).append(float(model.routers()[0].expert_bias.sum()))
+    assert max(abs(v) for v in sums["torchtitan"]) < 1e-6
+    assert max(abs(v) for v in sums["deepseek_v3"]) > 0.05
+
+
+def test_centring_refuses_rules_outside_the_sign_family():
+    from alflb.rules import CentredStepRule, make_rule
+
+    with pytest.raises(InvalidInputError, match="not of the sign family"):
+        make_rule("uniform").centred()
+    with pytest.raises(InvalidInputError, match="only a rule of the sign family"):
+        CentredStepRule(base=make_rule("multiplicative"))
+    with pytest.raises(InvalidInputError, match="not of the sign family"):
+        make_rule("frozen_tail", base="uniform").centred()
+    generic = CentredStepRule(base=make_rule("frozen_tail", base="sign", u=0.5, freeze_after=1))
+    first = generic.update(np.zeros(4), [5, 1, 1, 1], [2, 2, 2, 2])
+    assert first.bias_E.tolist() == [-0.75, 0.25, 0.25, 0.25]
+    assert generic.update(first.bias_E, [5, 1, 1, 1], [2, 2, 2, 2], first.state).bias_E.tolist() == \
+        first.bias_E.tolist()  # frozen: a zero step stays zero
+    # a semantics without centring leaves a non-sign rule alone, one with centring too
+    model = _model("torchtitan")
+    assert Balancer(BalanceConfig(mode="uniform"), model).rule == make_rule("uniform")
+
+
+def test_megatron_counts_whenever_grad_is_enabled_the_others_per_training_forward():
+    x = torch.randint(0, 256, (2, 16))
+    counted = {}
+    for name in ("megatron", "deepseek_v3", "torchtitan"):
+        model = _model(name)
+        model.eval()
+        model(x)  # evaluation mode, grad enabled
+        eval_grad = int(model.loads().sum())
+        model.reset_loads()
+        model.train()
+        with torch.no_grad():
+            model(x)  # training mode, no grad
+        train_nograd = int(model.loads().sum())
+        model.reset_loads()
+        with torch.inference_mode():
+            model(x)
+        assert int(model.loads().sum()) == 0
+        from torch.utils.checkpoint import checkpoint
+
+        d = torch.zeros(1, requires_grad=True)  # re-entrant: first pass no_grad, recomputation with grad
+        checkpoint(lambda t, d, m=model: m(t).logits + d, x, d, use_reentrant=True).float().sum().backward()
+        counted[name] = (eval_grad, train_nograd, int(model.loads().sum()))
+    per_forward = 2 * 16 * 2 * 2  # T K per layer, 2 MoE layers
+    assert counted["megatron"] == (per_forward, 0, per_forward)
+    assert counted["deepseek_v3"] == counted["torchtitan"] == (0, per_forward, per_forward)

@@ -40,8 +40,11 @@ any rule of :mod:`alflb.rules` (``sign``, ``centred``, ``uniform``, ``decay``, `
     ``c_k = K T / E`` of the global batch (a float vector; the fp32 mean of the counts
     under the ``megatron`` and ``torchtitan`` semantics). ``seq_alpha > 0`` adds the
     complementary sequence-wise loss ([V3] uses both). Under a semantics that centres
-    (``torchtitan``) the ``sign`` rule runs as ``centred``; under ``megatron``, quantile
-    balancing averages the per-micro-batch sweeps. A rule whose score statistic is a sum
+    (``torchtitan``) every rule of the sign family (``sign``, ``frozen_tail`` of it, with
+    any schedule) runs centred (:meth:`alflb.rules.UpdateRule.centred`); under ``megatron``, quantile
+    balancing averages the per-micro-batch sweeps and works on the raw fp32 router
+    logits: the routers select the top-K of ``logits + p`` and each sweep reads the
+    micro-batch's logits (``quantile_input``). A rule whose score statistic is a sum
     (``reducible_scores``: ``histogram_quantile``) accumulates it per micro-batch
     (``rule.accumulate``), the accumulators are summed over data-parallel ranks by the
     injected ``reduce_sum`` (one reduction per optimiser step) and ``rule.finalise`` runs
@@ -248,9 +251,14 @@ class Balancer:
         self.cfg = cfg
         self.semantics = get_semantics(model.cfg.semantics)
         self.rule = cfg.make_rule()
-        if self.semantics.centre and type(self.rule) is _rules.SignRule:
-            # torchtitan centres every sign step (routing is unchanged, the bias stops drifting)
-            self.rule = _rules.CentredSignRule(u=self.rule.u, schedule=self.rule.schedule)
+        if self.semantics.centre and self.rule is not None and self.rule.capabilities().sign_step:
+            # torchtitan centres every sign step (routing is unchanged, the bias stops drifting):
+            # any rule of the sign family (sign, frozen_tail of it, scheduled) runs centred
+            self.rule = self.rule.centred()
+        # Megatron's quantile balancing: one sweep per micro-batch (averaged), on raw logits
+        quantile = self.rule is not None and self.rule.needs_scores and self.rule.name == "quantile"
+        self.micro_mean = quantile and self.semantics.quantile_scope == "micro_batch_mean"
+        self.on_logits = quantile and self.semantics.quantile_input == "logits"
         self.reduce_counts = reduce_counts or _local_counts
         self.reduce_sum = reduce_sum or _local_sum
         # the score statistic is a sum over tokens: accumulate per micro-batch, reduce, finalise
@@ -260,6 +268,7 @@ class Balancer:
         E = model.cfg.n_routed_experts
         self.n_experts, self.top_k = E, model.cfg.top_k
         model.set_selection(self.rule.capabilities().selection if self.rule is not None else "add")
+        model.set_selection_input("logits" if self.on_logits else "scores")
         self.states: list[_rules.RuleState | None] = [None] * self.n_layers
         self._scores: list[list[torch.Tensor]] = [[] for _ in range(self.n_layers)]
         self._accs: list[Any] = [None] * self.n_layers  # reducible rules: this step's accumulators
@@ -295,8 +304,8 @@ class Balancer:
                 self._accs[i] = self.rule.accumulate(r.scores_TE.detach(), routers[i].expert_bias,
                                                      self._accs[i], k=self.top_k)
         elif self.rule is not None and self.rule.needs_scores:
-            for i, r in enumerate(routing):
-                self._scores[i].append(r.scores_TE.detach())
+            for i, r in enumerate(routing):  # what the router added the bias to: scores or logits
+                self._scores[i].append(r.logits_TE if self.on_logits else r.scores_TE.detach())
         mode, alpha = self.cfg.mode, self.cfg.loss_alpha
         terms: list[torch.Tensor] = []
         if mode == "aux":
@@ -342,7 +351,12 @@ class Balancer:
 
     def _quantile_micro_mean(self, bias_E: torch.Tensor, chunks: list[torch.Tensor],
                              state: _rules.RuleState | None) -> Any:
-        """Megatron's reading: one sweep per micro-batch from the same bias, averaged."""
+        """Megatron's reading: one sweep per micro-batch from the same bias, averaged.
+
+        Each micro-batch weighs the same whatever its token count (megatron-core divides
+        the summed per-micro-batch quantiles by their number); the EMA and the centring of
+        the rule are linear, so averaging after them equals megatron-core's order.
+        """
         outs = []
         for chunk in chunks:
             scores = chunk.cpu().double().numpy()
@@ -390,10 +404,8 @@ class Balancer:
         if self.rule is not None:
             capacity_E = self._capacity(loads_LE[0])
             accs = self._reduced_accumulators() if self.reducible else None
-            micro_mean = (self.rule.needs_scores and self.rule.name == "quantile"
-                          and self.semantics.quantile_scope == "micro_batch_mean")
             for i, r in enumerate(model.routers()):
-                if micro_mean:
+                if self.micro_mean:
                     bias, self.states[i] = self._quantile_micro_mean(r.expert_bias, self._scores[i], self.states[i])
                     r.expert_bias.copy_(bias.to(torch.float32))
                     continue

@@ -22,10 +22,11 @@ Mechanics that the tests pin:
 - the router runs in fp32 (autocast off), and ``expert_bias`` is a persistent fp32
   buffer: never a ``Parameter``, never cast by ``model.to(torch.bfloat16)`` or
   ``.half()`` (:meth:`Router._apply` restores it exactly);
-- loads are counted into ``Router.load_count`` only when the module is in training mode
-  *and* autograd is recording (not in evaluation, not in a ``torch.no_grad`` pass, such
-  as the first pass of re-entrant activation checkpointing); the trainer reads and
-  resets them once per optimiser step;
+- loads are counted into ``Router.load_count`` once per real training forward (not in
+  evaluation, not in ``torch.inference_mode``, not in an activation-checkpointing
+  recomputation); under the ``megatron`` semantics (``count_when="grad_enabled"``)
+  whenever autograd is enabled, in any module mode, as megatron-core counts; the
+  trainer reads and resets them once per optimiser step;
 - selection equals :func:`alflb.route_topk` of ``(scores, bias)`` whenever the K-th and
   (K+1)-th biased scores differ (``torch.topk`` breaks exact ties arbitrarily);
 - group-limited routing masks the dropped groups with ``-inf`` (never 0), so a large
@@ -33,7 +34,10 @@ Mechanics that the tests pin:
 - where the frameworks differ, ``cfg.semantics`` (:mod:`alflb.semantics`) decides: how
   many of a group's top biased scores rank it (2, or Megatron's ``K // topk_groups``),
   whether a single gate (``K = 1``) is normalised, and whether the scores are rounded to
-  the router input's dtype before the bias is added (megatron-core 0.16.1).
+  the router input's dtype before the bias is added (megatron-core 0.16.1);
+- with ``select_on = "logits"`` (quantile balancing under the ``megatron`` semantics,
+  set by the balancer) the bias is added to the raw fp32 logits instead of the scores
+  for selection; the gates still come from the unbiased scores.
 
 Routed experts are computed grouped by expert: the ``T*K`` (token, expert) slots are
 sorted by expert id and each expert's contiguous block is multiplied by its weights
@@ -163,13 +167,16 @@ class RouterOutput:
     """One MoE layer's routing of ``T`` tokens (all fp32 except the indices).
 
     ``scores_TE`` carries gradients (the auxiliary losses use it); ``topk_TK`` holds the
-    selected experts (by biased score), ``gates_TK`` their weights (from unbiased scores).
+    selected experts (by biased score), ``gates_TK`` their weights (from unbiased scores);
+    ``logits_TE`` the detached pre-activation logits (rounded like the scores under
+    ``score_dtype="activation"``), which quantile balancing reads under ``megatron``.
     """
 
     scores_TE: torch.Tensor  # (T, E) fp32
     topk_TK: torch.Tensor  # (T, K) int64
     gates_TK: torch.Tensor  # (T, K) fp32
     batch_size: int  # B, so that T = B * seq_len (sequence-wise losses need it)
+    logits_TE: torch.Tensor | None = None  # (T, E) fp32, detached
 
 
 class Router(nn.Module):
@@ -177,8 +184,7 @@ class Router(nn.Module):
 
     Buffers: ``expert_bias`` ``(E,)`` fp32, persistent (saved in checkpoints), never a
     parameter; ``load_count`` ``(E,)`` int64, not persistent: tokens routed to each
-    expert since the last :meth:`reset_load_count`, counted only in training mode with
-    autograd recording.
+    expert since the last :meth:`reset_load_count`, counted as :meth:`counting` says.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -192,6 +198,9 @@ class Router(nn.Module):
         # How the bias enters selection: "add" (scores + bias) or "mul" (scores * bias), as
         # the update rule declares (UpdateRule.capabilities().selection); the Balancer sets it.
         self.selection = "add"
+        # What the bias is added to for selection: "scores" or "logits" (Megatron's quantile
+        # balancing); the Balancer sets it.
+        self.select_on = "scores"
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.d_model))
         self.register_buffer("expert_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
         self.register_buffer(
@@ -208,16 +217,25 @@ class Router(nn.Module):
         return out
 
     def counting(self) -> bool:
-        """Whether this forward counts loads: a real forward in training mode.
+        """Whether this forward counts loads, as the semantics' ``count_when`` says.
 
-        Evaluation and ``torch.inference_mode`` passes count nothing, and neither does an
+        ``"training_forward"`` (the default): a real forward in training mode. Evaluation
+        and ``torch.inference_mode`` passes count nothing, and neither does an
         activation-checkpointing recomputation: both checkpointing variants recompute a
         layer while the autograd engine runs the backward pass, so a forward inside a
         backward is never counted (it would count a second time). Grad mode is no test:
         re-entrant checkpointing runs the real forward under ``no_grad``.
+
+        ``"grad_enabled"`` (megatron-core): whenever autograd is enabled, in training or
+        evaluation mode alike, recomputations included (re-entrant checkpointing then
+        counts its grad-enabled recomputation once; non-re-entrant checkpointing would
+        count twice, as megatron-core's rule would).
         """
-        return (self.training and not torch.is_inference_mode_enabled()
-                and not in_recomputation())
+        if torch.is_inference_mode_enabled():
+            return False
+        if self.semantics.count_when == "grad_enabled":
+            return torch.is_grad_enabled()
+        return self.training and not in_recomputation()
 
     def reset_load_count(self) -> None:
         self.load_count.zero_()
@@ -248,10 +266,13 @@ class Router(nn.Module):
         with torch.autocast(device_type=dev, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())  # (T, E) fp32
             scores_TE = SCORE_FUNCS[self.score_func](logits_TE)  # (T, E) fp32
+            logits_TE = logits_TE.detach()  # (T, E) fp32
             if self.semantics.score_dtype == "activation":
                 # megatron-core casts the scores to the logits' dtype before adding the bias
                 scores_TE = scores_TE.to(act).float()  # (T, E) rounded, fp32
-            topk_TK = self.select(scores_TE.detach())  # (T, K)
+                logits_TE = logits_TE.to(act).float()  # the logits in the router's dtype
+            on_logits = self.select_on == "logits"
+            topk_TK = self.select(logits_TE if on_logits else scores_TE.detach())  # (T, K)
             gates_TK = scores_TE.gather(1, topk_TK)  # (T, K) unbiased scores
             if self.semantics.normalise_gates(self.top_k, self.normalize_gates):
                 gates_TK = gates_TK / (gates_TK.sum(-1, keepdim=True) + 1e-20)
@@ -259,7 +280,7 @@ class Router(nn.Module):
         if self.counting():
             with torch.no_grad():
                 self.load_count += torch.bincount(topk_TK.reshape(-1), minlength=self.n_experts)
-        return RouterOutput(scores_TE, topk_TK, gates_TK, batch_size)
+        return RouterOutput(scores_TE, topk_TK, gates_TK, batch_size, logits_TE)
 
 
 # ------------------------------------------------------------------------ MoE layer
@@ -400,6 +421,13 @@ class DeepSeekMoE(nn.Module):
             raise InvalidInputError(f"selection must be 'add' or 'mul', got {selection!r}")
         for r in self.routers():
             r.selection = selection
+
+    def set_selection_input(self, select_on: str) -> None:
+        """What every router adds the bias to for selection: ``"scores"`` or ``"logits"``."""
+        if select_on not in ("scores", "logits"):
+            raise InvalidInputError(f"select_on must be 'scores' or 'logits', got {select_on!r}")
+        for r in self.routers():
+            r.select_on = select_on
 
     def biases(self) -> torch.Tensor:
         """Expert biases of every MoE layer, ``(L, E)`` fp32 (a copy)."""

@@ -92,7 +92,7 @@ Examples
 
 from __future__ import annotations
 
-from .base import RuleCapabilities, RuleState, RuleUpdate, UpdateRule
+from .base import CentredStepRule, RuleCapabilities, RuleState, RuleUpdate, UpdateRule
 from .bip import BipRule
 from .ema import EmaProportionalRule, MirrorRule, SmebuRule
 from .histogram import HistogramAccumulator, HistogramQuantileRule, histogram_quantiles
@@ -106,6 +106,7 @@ from .sign import CentredSignRule, FrozenTailRule, NoUpdateRule, SignRule
 __all__ = [
     "BipRule",
     "CentredSignRule",
+    "CentredStepRule",
     "DecayRule",
     "EmaProportionalRule",
     "FrozenTailRule",

@@ -21,7 +21,7 @@ from ..errors import InvalidInputError
 from ..schedules import Schedule
 from ._checks import as_counts_like, check_bias_in, check_n_experts
 
-__all__ = ["RuleCapabilities", "RuleState", "RuleUpdate", "UpdateRule"]
+__all__ = ["CentredStepRule", "RuleCapabilities", "RuleState", "RuleUpdate", "UpdateRule"]
 
 # How selection combines scores and bias, by the ``selection`` capability, and the
 # neutral bias of each (the starting bias: it leaves the scores' order unchanged).
@@ -160,6 +160,12 @@ class RuleCapabilities:
     state_fields : tuple of str
         The :class:`RuleState` array fields the rule keeps, each of shape ``(E,)`` and
         zero at the start (``("velocity_E",)`` for ``momentum``).
+    sign_step : bool
+        Whether the rule belongs to the sign family: an additive per-expert step
+        :math:`\\pm u_n` (or 0), whose mean can be subtracted without changing any routing
+        (``sign``, ``centred``, ``frozen_tail`` of either, with or without a schedule).
+        A semantics that centres (``torchtitan``) runs such a rule as
+        :meth:`UpdateRule.centred`.
 
     Examples
     --------
@@ -171,6 +177,7 @@ class RuleCapabilities:
     step_param: str | None
     needs_scores: bool
     state_fields: tuple[str, ...] = ()
+    sign_step: bool = False
 
 
 # --------------------------------------------------------------------------- base class
@@ -202,6 +209,7 @@ class UpdateRule:
     selection: ClassVar[str] = "add"
     step_param: ClassVar[str | None] = None
     state_fields: ClassVar[tuple[str, ...]] = ()
+    sign_step: ClassVar[bool] = False
 
     def capabilities(self) -> RuleCapabilities:
         """What this rule declares: selection mode, step parameter, scores, state fields.
@@ -211,7 +219,28 @@ class UpdateRule:
         ('velocity_E',)
         """
         return RuleCapabilities(selection=self.selection, step_param=self.step_param,
-                                needs_scores=self.needs_scores, state_fields=self.state_fields)
+                                needs_scores=self.needs_scores, state_fields=self.state_fields,
+                                sign_step=self.sign_step)
+
+    def centred(self) -> UpdateRule:
+        r"""The same rule with the mean of every step subtracted (torchtitan's centring).
+
+        .. math:: p \leftarrow p + \Delta - \tfrac1E \textstyle\sum_k \Delta_k,
+                  \qquad \Delta = p^{\text{rule}} - p
+
+        Only for the sign family (``sign_step``), where the shift changes no routing. A
+        rule may give its own centred form (``sign`` gives ``centred``, ``frozen_tail``
+        centres its base rule); otherwise a :class:`CentredStepRule` wraps it.
+
+        >>> from alflb.rules import make_rule
+        >>> make_rule("sign", u=0.5).centred()
+        CentredSignRule(u=0.5, schedule=None)
+        """
+        if not self.capabilities().sign_step:
+            raise InvalidInputError(
+                f"rule {self.name!r} is not of the sign family: centring its step would change routing"
+            )
+        return CentredStepRule(base=self)
 
     def with_step(self, value: float) -> UpdateRule:
         """A copy with its step-size field set to ``value`` (the rule itself if it has none).
@@ -382,3 +411,42 @@ class UpdateRule:
     # ---- to override
     def _update(self, bias_E, load_E, capacity_E, state, scores_TE) -> RuleUpdate:  # pragma: no cover
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CentredStepRule(UpdateRule):
+    r"""Any rule of the sign family with the mean of each step subtracted.
+
+    .. math:: \Delta = p^{\text{base}} - p, \qquad
+              p \leftarrow p + \Delta - \tfrac1E \textstyle\sum_k \Delta_k
+
+    The wrapper :meth:`UpdateRule.centred` gives a sign-family rule without a centred
+    form of its own. Capabilities, step parameter and ``step_E`` are the base rule's
+    (the shift is the ``t`` of :class:`RuleUpdate`). Not a registry name: a semantics
+    that centres builds it.
+
+    >>> from alflb.rules import make_rule
+    >>> r = CentredStepRule(base=make_rule("sign", u=0.5))
+    >>> r.update(np.zeros(3), [3, 1, 2], [2, 2, 2]).bias_E.round(12).tolist()
+    [-0.5, 0.5, 0.0]
+    """
+
+    base: UpdateRule = None  # type: ignore[assignment]
+    name: ClassVar[str] = "centred_step"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, UpdateRule) or not self.base.capabilities().sign_step:
+            raise InvalidInputError(f"only a rule of the sign family can be centred, got {self.base!r}")
+        for cap, value in dataclasses.asdict(self.base.capabilities()).items():
+            object.__setattr__(self, cap, value)
+
+    def with_step(self, value: float) -> CentredStepRule:
+        return dataclasses.replace(self, base=self.base.with_step(value))
+
+    def centred(self) -> CentredStepRule:
+        return self
+
+    def _update(self, bias_E, load_E, capacity_E, state, scores_TE) -> RuleUpdate:
+        out = self.base._update(bias_E, load_E, capacity_E, state, scores_TE)
+        delta = out.bias_E - bias_E
+        return RuleUpdate(bias_E + (delta - delta.mean()), out.state, out.step_E)

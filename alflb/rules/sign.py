@@ -84,6 +84,7 @@ class SignRule(UpdateRule):
     schedule: Schedule | None = None
     name: ClassVar[str] = "sign"
     step_param: ClassVar[str | None] = "u"
+    sign_step: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "u", check_step(self.u, "u"))
@@ -101,6 +102,10 @@ class SignRule(UpdateRule):
 
     def _delta(self, u: float, diff_E: Any) -> Any:
         return u * backend(diff_E).sign(diff_E)
+
+    def centred(self) -> CentredSignRule:
+        """The ``centred`` rule with this step and schedule (torchtitan's arithmetic)."""
+        return CentredSignRule(u=self.u, schedule=self.schedule)
 
     def _update(self, bias_E, load_E, capacity_E, state, scores_TE) -> RuleUpdate:
         u = self.rate(state.n_updates)
@@ -126,6 +131,9 @@ class CentredSignRule(SignRule):
     """
 
     name: ClassVar[str] = "centred"
+
+    def centred(self) -> CentredSignRule:
+        return self
 
     def _delta(self, u: float, diff_E: Any) -> Any:
         delta = super()._delta(u, diff_E)
@@ -205,6 +213,16 @@ class FrozenTailRule(UpdateRule):
         0.25
         """
         return dataclasses.replace(self, base=self.base.with_step(value))
+
+    def centred(self) -> FrozenTailRule:
+        """A copy whose base rule is centred (sign family only); the freeze is unchanged.
+
+        >>> FrozenTailRule(base=SignRule(u=0.5), freeze_after=3).centred().base
+        CentredSignRule(u=0.5, schedule=None)
+        """
+        if not self.sign_step:
+            return super().centred()  # refused with the reason
+        return dataclasses.replace(self, base=self.base.centred())
 
     def _update(self, bias_E, load_E, capacity_E, state: RuleState, scores_TE) -> RuleUpdate:
         base_out = self.base._update(bias_E, load_E, capacity_E, state, scores_TE)
