@@ -121,7 +121,9 @@ class AssignmentProblem:
     Parameters
     ----------
     scores_TE : array_like or torch.Tensor, shape (T, E)
-        Router affinities ``gamma``; converted to a read-only float64 numpy array. Finite,
+        Router affinities ``gamma``; kept as a read-only numpy copy, float32 when given in
+        float32 (routers record in float32: no float64 copy of a large matrix; every solver
+        computes with the values in float64), float64 otherwise. Finite,
         with ``|gamma| <=`` :data:`MAX_ABS_SCORE` (``1e30``) so that no solver sum overflows.
     k : int
         Experts per token, ``1 <= k <= E-1``.
@@ -148,7 +150,9 @@ class AssignmentProblem:
 
     def __post_init__(self) -> None:
         check_scores(self.scores_TE)
-        scores = np.array(to_numpy(self.scores_TE), dtype=np.float64, copy=True)
+        raw = to_numpy(self.scores_TE, dtype=None)
+        dtype = np.float32 if raw.dtype == np.float32 else np.float64
+        scores = np.array(raw, dtype=dtype, copy=True)
         scores.setflags(write=False)
         biggest = float(np.max(np.abs(scores)))
         if biggest > MAX_ABS_SCORE:
@@ -221,6 +225,18 @@ class AssignmentProblem:
                     f"{int(np.minimum(cap, n_tokens).sum())} < K*T = {k * n_tokens}: no feasible routing"
                 )
         return cap
+
+    def as_float64(self) -> AssignmentProblem:
+        """This problem with float64 scores (itself when they already are).
+
+        >>> import numpy as np
+        >>> p = AssignmentProblem(np.ones((4, 2), dtype=np.float32), k=1)
+        >>> p.scores_TE.dtype, p.as_float64().scores_TE.dtype
+        (dtype('float32'), dtype('float64'))
+        """
+        if self.scores_TE.dtype == np.float64:
+            return self
+        return AssignmentProblem(self.scores_TE.astype(np.float64), self.k, self.capacity_E, self.capacity_kind)
 
     # ------------------------------------------------------------------ constructors
     @classmethod

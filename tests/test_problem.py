@@ -23,10 +23,11 @@ def test_balanced_default_and_flags():
     assert not AssignmentProblem(np.zeros((8, 4)), 2, capacity_E=[5, 3, 4, 4]).balanced
 
 
-def test_scores_are_copied_readonly_float64():
+def test_scores_are_copied_readonly_float32_kept():
     raw = np.arange(12, dtype=np.float32).reshape(6, 2)
     prob = AssignmentProblem(raw, 1)
-    assert prob.scores_TE.dtype == np.float64 and not prob.scores_TE.flags.writeable
+    assert prob.scores_TE.dtype == np.float32 and not prob.scores_TE.flags.writeable
+    assert AssignmentProblem(raw.astype(np.int64), 1).scores_TE.dtype == np.float64
     raw[0, 0] = 99
     assert prob.scores_TE[0, 0] == 0
     from_torch = AssignmentProblem(torch.arange(12.0).reshape(6, 2), 1)

@@ -82,7 +82,7 @@ def quantile_sweeps(problem: AssignmentProblem, n_sweeps: int = 2, dtype=np.floa
     ``gamma_ik - alpha_i`` stored in ``dtype`` (float32 by default: the result only seeds
     the exact phase), one ``(E, T)`` buffer reused by every sweep.
     """
-    scores = np.ascontiguousarray(problem.scores_TE, dtype=np.float64)
+    scores = np.ascontiguousarray(problem.scores_TE)  # float32 or float64, never copied
     n_tokens, n_experts = scores.shape
     k = problem.k
     cap_E = problem.capacity_E.astype(np.int64)
@@ -267,7 +267,7 @@ def repair_from_bias(
     Returns ``(x_TE, bias_E, n_augmentations)``: ``x`` optimal, ``bias_E`` an optimal dual
     (centred for equality capacities; ``p <= 0`` for at-most).
     """
-    scores = np.ascontiguousarray(problem.scores_TE, dtype=np.float64)
+    scores = np.ascontiguousarray(problem.scores_TE)  # float32 or float64, never copied
     n_tokens, n_experts = scores.shape
     at_most = problem.capacity_kind == "at_most"
     cap_E = problem.capacity_E.astype(np.int64)

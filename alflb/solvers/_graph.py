@@ -68,7 +68,7 @@ def w_rows(scores_TE, x_TE, tokens, W_EE, arg_EE):
         nr, nu = split_row(x_TE, i, routed, unrouted)
         for a in range(nr):
             j = routed[a]
-            s_j = scores_TE[i, j]
+            s_j = np.float64(scores_TE[i, j])  # float32 scores: the difference in float64
             for b in range(nu):
                 k = unrouted[b]
                 v = s_j - scores_TE[i, k]

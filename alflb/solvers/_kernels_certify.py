@@ -82,7 +82,8 @@ def certify_rows(scores_TE: np.ndarray, bias_E: np.ndarray, x_TE: np.ndarray, k:
     viol_T = np.empty(n_tokens)
     sums_C4 = np.zeros((_n_chunks(n_tokens), 4))
     _pick(_CERTIFY_ROWS, n_tokens)(
-        np.ascontiguousarray(scores_TE, dtype=np.float64), np.ascontiguousarray(bias_E, dtype=np.float64),
+        np.ascontiguousarray(scores_TE, dtype=scores_TE.dtype if scores_TE.dtype == np.float32 else np.float64),
+        np.ascontiguousarray(bias_E, dtype=np.float64),
         np.ascontiguousarray(x_TE, dtype=np.bool_), k, viol_T, sums_C4,
     )
     return float(sums_C4[:, 0].sum()), float(sums_C4[:, 1].sum()), float(sums_C4[:, 2].sum()), \

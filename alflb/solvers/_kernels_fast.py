@@ -172,7 +172,7 @@ def sweep_rows(scores_TE: np.ndarray, bias_E: np.ndarray, k: int, d_ET: np.ndarr
     r"""Fill ``d_ET[k, i] = gamma_ik - alpha_i`` (float32), ``alpha_i`` the midpoint of the
     K-th and (K+1)-th largest of ``gamma_i + p`` (float64).
 
-    ``scores_TE`` float64 C-contiguous ``(T, E)``; ``bias_E`` float64 ``(E,)``; ``d_ET``
+    ``scores_TE`` float32 or float64 C-contiguous ``(T, E)``; ``bias_E`` float64 ``(E,)``; ``d_ET``
     ``(E, T)`` with contiguous rows (see :func:`transposed_buffer`), overwritten. ``1 <= k < E``.
     """
     n_tokens = scores_TE.shape[0]
@@ -330,7 +330,7 @@ def route_margin(scores_TE: np.ndarray, bias_E: np.ndarray, k: int):
     r"""Top-K routing of ``gamma + p`` (as :func:`alflb.route_topk`) and each token's margin.
 
     Returns ``(x_TE, margin_T, max|gamma|)``: ``x`` bool ``(T, E)``, ``margin_i =
-    b_(K) - b_(K+1) >= 0`` (float64). ``scores_TE`` float64 C-contiguous, ``bias_E`` float64.
+    b_(K) - b_(K+1) >= 0`` (float64). ``scores_TE`` float32 or float64 C-contiguous, ``bias_E`` float64.
     """
     n_tokens, n_experts = scores_TE.shape
     x_TE = np.empty((n_tokens, n_experts), dtype=np.bool_)

@@ -62,6 +62,8 @@ _METHODS: dict[str, _Method] = {
 # power of two (exact in floating point), so scores of size 1e-12 or 1e12 meet the same
 # tolerances as scores of size 1.
 _ABSOLUTE_TOLERANCE_METHODS = frozenset({"highs", "cvxpy"})
+# methods whose kernels read float32 scores as they are and compute in float64
+_FLOAT32_METHODS = frozenset({"fast"})
 _SCALE_FREE_EXPONENT = 4  # no rescaling while 2^-4 <= max|gamma| < 2^4
 
 
@@ -182,6 +184,8 @@ def solve(
         raise InvalidInputError(f"bias must be 'dual' or 'max_margin', got {bias!r}")
     backend = _backend(method)
     t0 = time.perf_counter()
+    if method not in _FLOAT32_METHODS:
+        problem = problem.as_float64()  # these backends compute in the scores' dtype
     exponent = _power_of_two_exponent(problem) if method in _ABSOLUTE_TOLERANCE_METHODS else 0
     scaled = abs(exponent) > _SCALE_FREE_EXPONENT
     try:

@@ -189,7 +189,7 @@ def _certify_sums_numpy(scores_TE, xf, x_TE, p_E, k, rtol):
     worst = -np.inf
     n_bad = 0
     for lo in range(0, scores_TE.shape[0], _CHUNK):
-        s = scores_TE[lo : lo + _CHUNK]
+        s = np.asarray(scores_TE[lo : lo + _CHUNK], dtype=np.float64)  # float32: sums in float64
         xc = xf[lo : lo + _CHUNK]
         b = s + p_E
         objective += float(np.sum(s * xc)) if x_TE is None else float(s[xc].sum())

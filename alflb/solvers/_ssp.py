@@ -68,7 +68,7 @@ def _rescan_mobile(j, k, scores, x, mem, cnt, W_M, arg_M, stale_M, hint_M):
             a -= n
         i = mem[j, a]
         if not x[i, k]:
-            v = scores[i, j] - scores[i, k]
+            v = np.float64(scores[i, j]) - scores[i, k]  # float32 scores: subtract in float64
             if v < best:
                 best = v
                 arg = i
@@ -358,7 +358,7 @@ def ssp_solve(
             # its new entries: a value below a (possibly stale) lower bound is the exact min
             for k in range(E):
                 if x[i, k]:
-                    s_j = scores[i, k]
+                    s_j = np.float64(scores[i, k])
                     for k2 in range(E):
                         if not x[i, k2]:
                             val = s_j - scores[i, k2]

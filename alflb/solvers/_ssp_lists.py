@@ -36,7 +36,7 @@ def _refill_expert(u, scores, x, f_ptr, f_tok, in_F, m, heap_val, heap_tok, heap
         i = f_tok[a]
         if not in_F[i]:
             continue
-        s_u = scores[i, u]
+        s_u = np.float64(scores[i, u])  # float32 scores: subtract in float64
         for dst in range(E):
             if x[i, dst]:
                 continue
@@ -153,7 +153,7 @@ def fixed_pair_lists(scores, x, p, in_F, margin_T, theta, max_pairs):
                             hist[min(b, n_bins)] += 1
                         if total < cap:
                             buf_edge[total] = j * E + m
-                            buf_val[total] = scores[i, j] - scores[i, m]
+                            buf_val[total] = np.float64(scores[i, j]) - scores[i, m]
                             buf_tok[total] = i
                         total += 1
         if total <= max_pairs:
