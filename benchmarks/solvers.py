@@ -8,7 +8,12 @@ drawn once per instance):
 - ``collapsed``: sigmoid of logits plus offsets of 2 sigma (saturated router);
 - ``heavy``: Student t(2) logits plus 0.5 sigma offsets (heavy tails);
 - ``ties``: skewed logits rounded to 0.1 (massive exact ties);
-- ``drift``: a pooled stream whose offsets drift linearly from one draw to another.
+- ``drift``: a pooled stream whose offsets drift linearly from one draw to another;
+- ``trace``: router scores recorded from alflb's own model (the tiny preset widened to
+  ``E`` experts, top-``K``, trained on the corpus with the sign rule, every step's first
+  MoE layer pooled; float32, as recorded: :mod:`_router_trace`). Recorded once per
+  ``(T, E, K, seed)`` into ``--cache`` (default ``$XDG_CACHE_HOME/alflb/benchmarks``),
+  before any timing.
 
 Each (distribution, size, method) runs in a fresh subprocess, so the peak resident memory
 (``getrusage(RUSAGE_SELF).ru_maxrss``; it includes the score matrix, twice: the generator's
@@ -40,12 +45,22 @@ import sys
 import tempfile
 import time
 
-DISTRIBUTIONS = ("gaussian", "skewed", "collapsed", "heavy", "ties", "drift")
+DISTRIBUTIONS = ("gaussian", "skewed", "collapsed", "heavy", "ties", "drift", "trace")
 
 
-def make_scores(distribution: str, n_tokens: int, n_experts: int, seed: int):
+def default_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "alflb", "benchmarks")
+
+
+def make_scores(distribution: str, n_tokens: int, n_experts: int, seed: int, k: int = 8, cache: str = ""):
     import numpy as np
 
+    if distribution == "trace":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _router_trace import router_trace_scores
+
+        return router_trace_scores(n_tokens, n_experts, k, seed, cache or default_cache())
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n_tokens, n_experts))
     off = rng.standard_normal(n_experts)
@@ -88,7 +103,8 @@ def _worker(args: argparse.Namespace) -> None:
     if args.tokens == 0:  # compile-time probe
         print(json.dumps({"first_call_s": first}))
         return
-    prob = AssignmentProblem(make_scores(args.distribution, args.tokens, args.experts, args.seed), args.k)
+    prob = AssignmentProblem(make_scores(args.distribution, args.tokens, args.experts, args.seed, args.k,
+                                         args.cache), args.k)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(args.repeat):
@@ -107,7 +123,7 @@ def _run(method: str, tokens: int, distribution: str, args: argparse.Namespace, 
     cmd = [
         sys.executable, __file__, "--worker", "--method", method, "--tokens", str(tokens),
         "--experts", str(args.experts), "--k", str(args.k), "--seed", str(args.seed),
-        "--repeat", str(args.repeat), "--distributions", distribution,
+        "--repeat", str(args.repeat), "--distributions", distribution, "--cache", args.cache,
     ]
     env = dict(env or os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     try:
@@ -145,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per solver subprocess")
     ap.add_argument("--skip-cvxpy", action="store_true", help="leave out cvxpy+Clarabel")
     ap.add_argument("--quick", action="store_true", help="smoke run: sizes 1024,4096, one repeat, no pooled size")
+    ap.add_argument("--cache", default=default_cache(), help="folder of the recorded router traces")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="fast", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, default=4096, help=argparse.SUPPRESS)
@@ -170,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for dist in args.distributions.split(","):
         for tokens in sizes:
+            if dist == "trace":  # record (or find) the trace before timing anything
+                t0 = time.perf_counter()
+                make_scores("trace", tokens, args.experts, args.seed, args.k, args.cache)
+                print(f"{'trace':>12} {tokens:>8} router trace ready in {time.perf_counter() - t0:.1f} s "
+                      f"(cache {args.cache})", flush=True)
             plan = list(methods)
             if not args.skip_cvxpy and tokens <= args.cvxpy_size:
                 plan.append("cvxpy")

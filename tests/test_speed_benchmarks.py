@@ -29,3 +29,35 @@ def test_simulator_benchmark_reports_compile_time_apart(capsys: pytest.CaptureFi
     stage_rows = [line for line in lines if "kernel" in line or "loop" in line]
     assert stage_rows and not any("compile" in line for line in stage_rows)
     assert any(line.startswith("target: ") for line in lines)
+
+
+SOLVERS = BENCH.parent / "solvers.py"
+CHUNKED = BENCH.parent / "solver_chunked.py"
+
+
+def test_solver_benchmark_runs_the_matrix_with_a_recorded_trace(tmp_path: Path) -> None:
+    """Tiny sizes: every row certified, objectives equal to flow's, the trace recorded once."""
+    import subprocess
+
+    cmd = [sys.executable, str(SOLVERS), "--sizes", "512", "--experts", "16", "--k", "4",
+           "--distributions", "ties,trace", "--skip-cvxpy", "--cache", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["ties"], ["trace"])]
+    timed = [r for r in rows if len(r) >= 9 and r[2] in ("fast", "flow")]
+    assert {(r[0], r[2]) for r in timed} == {(d, m) for d in ("ties", "trace") for m in ("fast", "flow")}
+    assert all(r[-2] == "T" for r in timed), out  # certificate ok
+    assert all(float(r[7]) < 1e-9 for r in timed if r[2] == "fast"), out  # rel diff to flow
+    assert list(tmp_path.glob("router_trace_T512_E16_K4_seed0.npy")), "the trace is cached"
+    assert "numba: first fast solve" in out
+
+
+def test_chunked_benchmark_solves_a_file_and_compares(tmp_path: Path) -> None:
+    import subprocess
+
+    cmd = [sys.executable, str(CHUNKED), "--tokens", "4096", "--experts", "16", "--k", "4",
+           "--distribution", "ties", "--max-memory", "65536", "--compare", "--keep", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    assert sum(line.lstrip().startswith(("chunked:", "fast:", "flow:")) and "certificate ok" in line
+               for line in out.splitlines()) == 3, out
+    assert "objective rel diff 0.0e+00" in out, out
+    assert list(tmp_path.glob("*.npy")), "--keep keeps the score file"
