@@ -126,7 +126,7 @@ def newton_refine(
     problem: AssignmentProblem, bias_E: np.ndarray, *, max_steps: int = 10, band: float = 8.0,
     max_halvings: int = 3,
     max_band: float = 1 / 4,
-    max_failures: int = 3,
+    max_failures: int = 2,
 ) -> tuple[np.ndarray, int, int]:
     r"""Newton steps on the loads ``A(p) = c`` from ``bias_E`` (equality capacities).
 

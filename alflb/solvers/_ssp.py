@@ -45,6 +45,7 @@ from ._ssp_lists import fixed_pair_lists, refill_expert_lists
 __all__ = ["SSP_DONE", "SSP_INFEASIBLE", "SSP_LIMIT", "SSP_RELIST", "fixed_pair_lists", "ssp_solve"]
 
 SSP_DONE, SSP_INFEASIBLE, SSP_LIMIT, SSP_RELIST = 0, 2, 3, 4
+_EPS = np.finfo(np.float64).eps
 
 
 @numba.njit(cache=True, nogil=True)
@@ -97,6 +98,42 @@ def _next_fixed(j, k, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, l
         return True
     listed[j, k] = False
     return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _resolve_fixed(u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F, listed, relist,
+                   e_ptr, e_tok, e_val, head, o_head, o_end, o_m, heap_val, heap_tok, heap_n,
+                   pool_val, pool_tok, pool_n):
+    """Make the stale ``W_F[u, v]`` exact: the next token of the first list, else of the
+    edge's overflow list in the pool (refilled for all of ``u``'s edges when empty).
+    Returns ``(ok, heap_val, heap_tok, pool_val, pool_tok, pool_n)``; ``ok`` is ``False``
+    (nothing changed) when the first list is exhausted and ``relist`` asks the caller to
+    list more pairs instead."""
+    E = x.shape[1]
+    if listed[u, v] and _next_fixed(u, v, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, listed):
+        return True, heap_val, heap_tok, pool_val, pool_tok, pool_n
+    if relist:
+        return False, heap_val, heap_tok, pool_val, pool_tok, pool_n
+    edge = u * E + v
+    a = o_head[edge]
+    while a < o_end[edge] and not in_F[pool_tok[a]]:
+        a += 1
+    o_head[edge] = a
+    if a == o_end[edge]:
+        # list u's edges afresh (every listed token of this edge left F)
+        heap_val, heap_tok, pool_val, pool_tok, pool_n = refill_expert_lists(
+            u, scores, x, f_ptr, f_tok, in_F, o_m, heap_val, heap_tok, heap_n,
+            pool_val, pool_tok, pool_n, o_head, o_end, listed,
+        )
+        a = o_head[edge]
+    if a < o_end[edge]:
+        W_F[u, v] = pool_val[a]
+        arg_F[u, v] = pool_tok[a]
+    else:  # no fixed token of u can move to v
+        W_F[u, v] = np.inf
+        arg_F[u, v] = -1
+    stale_F[u, v] = False
+    return True, heap_val, heap_tok, pool_val, pool_tok, pool_n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -197,6 +234,10 @@ def ssp_solve(
     path_u = np.empty(V, np.int64)
     path_v = np.empty(V, np.int64)
     path_i = np.empty(V, np.int64)
+    w_path = np.empty(V)
+    repeat = False
+    n_edges = 0
+    target = -1
     n_aug = 0
     n_rescan = 0
     while True:
@@ -209,107 +250,129 @@ def ssp_solve(
             return SSP_DONE, n_aug, n_rescan
         if n_aug >= max_aug:
             return SSP_LIMIT, n_aug, n_rescan
-        # ---- dense Dijkstra on reduced costs from every over-loaded expert
-        for v in range(V):
-            dist[v] = np.inf
-            pred[v] = -1
-            done[v] = False
-        for k in range(E):
-            if load[k] > cap[k]:
-                dist[k] = 0.0
-        target = -1
-        while True:
-            u = -1
-            best = np.inf
-            for v in range(V):
-                if not done[v] and dist[v] < best:
-                    best = dist[v]
-                    u = v
-            if u < 0:
-                break
-            done[u] = True
-            if (at_most and u == Z) or (not at_most and load[u] < cap[u]):
-                target = u
-                break
-            for v in range(E):
-                if done[v] or v == u:
-                    continue
-                w = min(W_M[u, v], W_F[u, v])
-                if w == np.inf:
-                    continue
-                r = w + p[u] - p[v]
-                if r < 0.0:
-                    r = 0.0  # rounding: the invariant says r >= 0
-                if best + r < dist[v]:
-                    dist[v] = best + r
-                    pred[v] = u
-            if at_most and load[u] < cap[u] and not done[Z]:
-                r = p[u] - p[Z]
-                if r < 0.0:
-                    r = 0.0
-                if best + r < dist[Z]:
-                    dist[Z] = best + r
-                    pred[Z] = u
-        if target < 0:
-            return SSP_INFEASIBLE, n_aug, n_rescan
-        # ---- the path's edges; re-scan stale entries it uses and retry if any was stale
-        n_edges = 0
-        v = target
-        while pred[v] >= 0:
-            u = pred[v]
-            if v != Z:
-                path_u[n_edges] = u
-                path_v[n_edges] = v
-                n_edges += 1
-            v = u
-        retry = False
-        n_new = 0
-        for e in range(n_edges):
-            u = path_u[e]
-            v = path_v[e]
-            if W_M[u, v] <= W_F[u, v]:
-                if stale_M[u, v]:
-                    _rescan_mobile(u, v, scores, x, mem, cnt, W_M, arg_M, stale_M, hint_M)
-                    retry = True
-                else:
+        # ---- the same path again, without a search: after an augmentation its edges have
+        # reduced cost 0 and every other is >= 0, so while its source keeps an excess, its
+        # target room, and each edge's next token the same value (a tie class), it is still
+        # a shortest path and the potentials would not move (the tie classes of tied scores
+        # move one Dijkstra at a time instead of one per token)
+        if repeat:
+            repeat = load[path_u[n_edges - 1]] > cap[path_u[n_edges - 1]] and load[target] < cap[target]
+            n_new = 0
+            for e in range(n_edges):
+                if not repeat:
+                    break
+                u = path_u[e]
+                v = path_v[e]
+                while True:  # make the cheaper side exact
+                    if W_M[u, v] <= W_F[u, v]:
+                        if not stale_M[u, v]:
+                            break
+                        _rescan_mobile(u, v, scores, x, mem, cnt, W_M, arg_M, stale_M, hint_M)
+                    else:
+                        if not stale_F[u, v]:
+                            break
+                        ok, heap_val, heap_tok, pool_val, pool_tok, pool_n = _resolve_fixed(
+                            u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F, listed, relist,
+                            e_ptr, e_tok, e_val, head, o_head, o_end, o_m, heap_val, heap_tok, heap_n,
+                            pool_val, pool_tok, pool_n,
+                        )
+                        if not ok:
+                            break
+                mobile_side = W_M[u, v] <= W_F[u, v]
+                w = W_M[u, v] if mobile_side else W_F[u, v]
+                tol = 16.0 * _EPS * (abs(w_path[e]) + abs(p[u]) + abs(p[v]))
+                if (stale_M[u, v] if mobile_side else stale_F[u, v]) or not w <= w_path[e] + tol:
+                    repeat = False
+                elif mobile_side:
                     path_i[e] = arg_M[u, v]
-            else:
-                if stale_F[u, v]:
-                    if not (
-                        listed[u, v]
-                        and _next_fixed(u, v, E, e_ptr, e_tok, e_val, head, in_F, W_F, arg_F, stale_F, listed)
-                    ):
-                        if relist:
-                            # the bound is on a shortest path: list more pairs (one O(TE)
-                            # pass) rather than scan the expert's fixed tokens again and again
-                            return SSP_RELIST, n_aug, n_rescan
-                        # the edge's own overflow list: advance it, refill it when empty
-                        edge = u * E + v
-                        a = o_head[edge]
-                        while a < o_end[edge] and not in_F[pool_tok[a]]:
-                            a += 1
-                        o_head[edge] = a
-                        if a == o_end[edge]:
-                            # list u's edges afresh (every listed token of this edge left F)
-                            heap_val, heap_tok, pool_val, pool_tok, pool_n = refill_expert_lists(
-                                u, scores, x, f_ptr, f_tok, in_F, o_m, heap_val, heap_tok, heap_n,
-                                pool_val, pool_tok, pool_n, o_head, o_end, listed,
-                            )
-                            a = o_head[edge]
-                        if a < o_end[edge]:
-                            W_F[u, v] = pool_val[a]
-                            arg_F[u, v] = pool_tok[a]
-                        else:  # no fixed token of u can move to v
-                            W_F[u, v] = np.inf
-                            arg_F[u, v] = -1
-                        stale_F[u, v] = False
-                    retry = True
                 else:
                     path_i[e] = arg_F[u, v]
                     n_new += 1
-        if retry:
-            n_rescan += 1
-            continue
+        if not repeat:
+            # ---- dense Dijkstra on reduced costs from every over-loaded expert
+            for v in range(V):
+                dist[v] = np.inf
+                pred[v] = -1
+                done[v] = False
+            for k in range(E):
+                if load[k] > cap[k]:
+                    dist[k] = 0.0
+            target = -1
+            while True:
+                u = -1
+                best = np.inf
+                for v in range(V):
+                    if not done[v] and dist[v] < best:
+                        best = dist[v]
+                        u = v
+                if u < 0:
+                    break
+                done[u] = True
+                if (at_most and u == Z) or (not at_most and load[u] < cap[u]):
+                    target = u
+                    break
+                for v in range(E):
+                    if done[v] or v == u:
+                        continue
+                    w = min(W_M[u, v], W_F[u, v])
+                    if w == np.inf:
+                        continue
+                    r = w + p[u] - p[v]
+                    if r < 0.0:
+                        r = 0.0  # rounding: the invariant says r >= 0
+                    if best + r < dist[v]:
+                        dist[v] = best + r
+                        pred[v] = u
+                if at_most and load[u] < cap[u] and not done[Z]:
+                    r = p[u] - p[Z]
+                    if r < 0.0:
+                        r = 0.0
+                    if best + r < dist[Z]:
+                        dist[Z] = best + r
+                        pred[Z] = u
+            if target < 0:
+                return SSP_INFEASIBLE, n_aug, n_rescan
+            # ---- the path's edges; re-scan stale entries it uses and retry if any was stale
+            n_edges = 0
+            v = target
+            while pred[v] >= 0:
+                u = pred[v]
+                if v != Z:
+                    path_u[n_edges] = u
+                    path_v[n_edges] = v
+                    n_edges += 1
+                v = u
+            retry = False
+            n_new = 0
+            for e in range(n_edges):
+                u = path_u[e]
+                v = path_v[e]
+                if W_M[u, v] <= W_F[u, v]:
+                    if stale_M[u, v]:
+                        _rescan_mobile(u, v, scores, x, mem, cnt, W_M, arg_M, stale_M, hint_M)
+                        retry = True
+                    else:
+                        path_i[e] = arg_M[u, v]
+                else:
+                    if stale_F[u, v]:
+                        ok, heap_val, heap_tok, pool_val, pool_tok, pool_n = _resolve_fixed(
+                            u, v, scores, x, f_ptr, f_tok, in_F, W_F, arg_F, stale_F, listed, relist,
+                            e_ptr, e_tok, e_val, head, o_head, o_end, o_m, heap_val, heap_tok, heap_n,
+                            pool_val, pool_tok, pool_n,
+                        )
+                        if not ok:
+                            # the bound is on a shortest path: list more pairs (one O(TE)
+                            # pass) rather than scan the expert's fixed tokens again and again
+                            return SSP_RELIST, n_aug, n_rescan
+                        retry = True
+                    else:
+                        path_i[e] = arg_F[u, v]
+                        n_new += 1
+            if retry:
+                n_rescan += 1
+                continue
+            for e in range(n_edges):
+                w_path[e] = min(W_M[path_u[e], path_v[e]], W_F[path_u[e], path_v[e]])
         if n_loc + n_new > capacity_M:
             # more tokens must move than the mobile lists hold: grow them in place (a
             # restart would rebuild every list and the fixed structure from scratch)
@@ -322,9 +385,10 @@ def ssp_solve(
             pos = pos_g
             capacity_M = grown
         # ---- potentials, then the moves
-        D = dist[target]
-        for v in range(V):
-            p[v] += min(dist[v], D)
+        if not repeat:  # a repeated path leaves the potentials where they are
+            D = dist[target]
+            for v in range(V):
+                p[v] += min(dist[v], D)
         for e in range(n_edges):
             i = path_i[e]
             u = path_u[e]
@@ -367,3 +431,4 @@ def ssp_solve(
                                 arg_M[k, k2] = i
                                 stale_M[k, k2] = False
         n_aug += 1
+        repeat = not at_most
