@@ -148,8 +148,9 @@ def newton_refine(
     which costs about as much for ten thousand tokens of excess as one more pass). Each step is one ``O(T E)`` pass (:func:`route_pairs`) plus
     ``O(E^3)``; the best bias seen is returned, so the result is never worse than the start.
 
-    On continuous scores the excess falls from thousands of tokens to about ``E`` in 3-6
-    steps (the density of margins near the optimum is what ``L`` estimates); on tied scores
+    The steps stop once the excess is at most ``max(E, T / 512)`` tokens (the repair then
+    costs less than one more pass). On continuous scores the excess falls from thousands
+    of tokens to about ``E`` in 3-6 steps (the density of margins near the optimum is what ``L`` estimates); on tied scores
     ``A(p)`` jumps, and the steps stop after a few passes that miss (``max_failures``).
 
     Returns ``(bias_E, excess, n_passes)``.
@@ -165,8 +166,11 @@ def newton_refine(
     centre = np.full((n_experts, n_experts), 1.0 / n_experts)
     weak = 0
     failures = 0
+    # a pass costs O(T E), an augmentation of the repair tens of microseconds: below about
+    # T / 512 tokens of excess the repair is cheaper than another pass
+    enough = max(n_experts, n_tokens // 512)
     for _ in range(max_steps):
-        if best_ex <= n_experts:
+        if best_ex <= enough:
             break
         # at most a quarter of the tokens: a band over all margins says nothing about
         # the density at the boundary (the step then overshoots by orders of magnitude)
