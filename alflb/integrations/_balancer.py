@@ -28,7 +28,8 @@ class Balancer(nn.Module):
 
     Buffers (in the model's ``state_dict`` under ``alflb_balancer.``): ``bias_LE`` the fp32
     master biases, ``n_updates_L`` and (momentum rules) ``velocity_LE`` the rule states;
-    ``load_LE`` (not saved) the loads counted since the last :meth:`step`.
+    ``load_LE`` (a plain tensor, not saved, not broadcast by DDP) the loads this rank
+    counted since the last :meth:`step`.
 
     Call :meth:`step` once per optimiser step, after ``optimizer.step()`` (or pass
     :meth:`callback` to a ``transformers.Trainer``). Its bias update is the pure rule of
@@ -55,8 +56,9 @@ class Balancer(nn.Module):
         self._momentum = state.velocity_E is not None
         if self._momentum:
             self.register_buffer("velocity_LE", torch.zeros(self.n_layers, self.n_experts))
-        self.register_buffer("load_LE", torch.zeros(self.n_layers, self.n_experts, dtype=torch.int64),
-                             persistent=False)
+        # A plain tensor, not a buffer: DDP re-broadcasts rank 0's buffers before a forward,
+        # which would overwrite this rank's counts of earlier micro-batches.
+        self.load_LE = torch.zeros(self.n_layers, self.n_experts, dtype=torch.int64)
         self.counted_forwards = 0
         self._mask = MaskCapture(model)
         self._handles = [s.router.register_forward_hook(functools.partial(self._count, i)) for i, s in enumerate(sites)]
@@ -89,6 +91,7 @@ class Balancer(nn.Module):
             now = self._buffers[name]
             if now is not None and now.dtype != buf.dtype:
                 self._buffers[name] = buf.to(device=now.device)
+        self.load_LE = self.load_LE.to(self.bias_LE.device)
         self._push()  # the routers were cast before this module (registered last)
         return out
 
