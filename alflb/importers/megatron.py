@@ -36,24 +36,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, InvalidInputError
+from ._torchfile import load_torch_file
 
 __all__ = ["read_megatron"]
 
 _SOURCE = "megatron-core 0.16.1 megatron/core/transformer/moe/router_replay.py (RouterReplay.get_recorded_data)"
-
-
-def _load(path: Path) -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a dependency of the model extra
-        raise InvalidInputError("reading a Megatron router-replay file needs torch (pip install torch)") from exc
-    if not path.is_file():
-        raise InvalidInputError(f"no such file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or unsafe file
-        raise CorruptFileError(f"{path}: not a readable Megatron router-replay file "
-                               f"({type(exc).__name__}: {exc})") from None
 
 
 def _is_tensor(value: Any) -> bool:
@@ -141,7 +128,7 @@ def read_megatron(path: str | os.PathLike, *, n_experts: int | None = None,
         raise InvalidInputError(f"n_experts must be an integer >= 2, got {n_experts!r}")
     n_experts = int(n_experts)
     path = Path(path)
-    steps = _steps(_load(path), path)
+    steps = _steps(load_torch_file(path, "Megatron router-replay file"), path)
     n_layers = len(steps[0])
     ids = []
     for n, step in enumerate(steps):

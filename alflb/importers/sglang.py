@@ -46,24 +46,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptFileError, InvalidInputError
+from ._torchfile import load_torch_file
 
 __all__ = ["read_sglang"]
 
 _SOURCE = "sgl-project/sglang python/sglang/srt/eplb/expert_distribution.py"
-
-
-def _load(path: Path) -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a dependency of the model extra
-        raise InvalidInputError("reading an SGLang dump needs torch (pip install torch)") from exc
-    if not path.is_file():
-        raise InvalidInputError(f"no such file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or unsafe file
-        raise CorruptFileError(f"{path}: not a readable SGLang expert-distribution dump "
-                               f"({type(exc).__name__}: {exc})") from None
 
 
 def _array(value: Any, what: str, path: Path, ndim: int) -> np.ndarray:
@@ -96,7 +83,7 @@ def read_sglang(path: str | os.PathLike, *, keep_empty: bool = False,
         logical experts, ``-1`` for empty slots).
     """
     path = Path(path)
-    data = _load(path)
+    data = load_torch_file(path, "SGLang expert-distribution dump")
     if not isinstance(data, dict):
         raise CorruptFileError(f"{path}: an SGLang dump is a dict, got {type(data).__name__}")
     meta: dict[str, Any] = {"source": "sglang", "importer": _SOURCE, "imported_from": path.name}
