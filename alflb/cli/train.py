@@ -180,10 +180,11 @@ def _train_and_report(cfg, out: Path, resume: bool, overwrite: bool, dist_cfg, t
 def run(args: argparse.Namespace) -> int:
     from .._validate import positive_int
     from ..errors import InvalidInputError
-    from ..model.balancing import LOSS_MODES, BalanceConfig
+    from ..model.balancing import LOSS_MODES, BalanceConfig, check_data_parallel
     from ..model.distributed import DistConfig, check_shardable
     from ..model.launch import launch_local
     from ..model.train_config import TrainConfig, load_run_config
+    from ..semantics import get_semantics
 
     changes: dict[str, Any] = {
         k: v for k, v in {
@@ -243,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InvalidInputError("--nproc > 1 inside a torchrun worker: let torchrun start the processes")
         check_shardable(cfg.batch_size, cfg.grad_accum, args.nproc)
+        check_data_parallel(cfg.balance.make_rule(), get_semantics(cfg.model.semantics), args.nproc)
         return launch_local(args.nproc, _train_worker,
                             (cfg, out, args.resume, args.overwrite, dist_cfg, args.tensorboard))
     return _train_and_report(cfg, out, args.resume, args.overwrite, dist_cfg, args.tensorboard)

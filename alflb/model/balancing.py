@@ -44,7 +44,9 @@ any rule of :mod:`alflb.rules` (``sign``, ``centred``, ``uniform``, ``decay``, `
     any schedule) runs centred (:meth:`alflb.rules.UpdateRule.centred`); under ``megatron``, quantile
     balancing averages the per-micro-batch sweeps and works on the raw fp32 router
     logits: the routers select the top-K of ``logits + p`` and each sweep reads the
-    micro-batch's logits (``quantile_input``). A rule whose score statistic is a sum
+    micro-batch's logits (``quantile_input``); with data parallelism the sweeps and their
+    number are summed over ranks by the injected ``reduce_sum`` (the plain mean over the
+    global batch's micro-batches, as megatron-core averages over ranks). A rule whose score statistic is a sum
     (``reducible_scores``: ``histogram_quantile``) accumulates it per micro-batch
     (``rule.accumulate``), the accumulators are summed over data-parallel ranks by the
     injected ``reduce_sum`` (one reduction per optimiser step) and ``rule.finalise`` runs
@@ -88,6 +90,8 @@ __all__ = [
     "LOSS_MODES",
     "BalanceConfig",
     "Balancer",
+    "averages_micro_batch_sweeps",
+    "check_data_parallel",
     "router_probs",
     "sequence_aux_loss",
     "switch_aux_loss",
@@ -229,6 +233,31 @@ def _local_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def averages_micro_batch_sweeps(rule: _rules.UpdateRule | None, semantics: Semantics) -> bool:
+    """Whether ``rule`` is quantile balancing read per micro-batch (``micro_batch_mean``)."""
+    return (rule is not None and rule.needs_scores and rule.name == "quantile"
+            and semantics.quantile_scope == "micro_batch_mean")
+
+
+def check_data_parallel(rule: _rules.UpdateRule | None, semantics: Semantics, world_size: int) -> None:
+    """Refuse, in one line, a rule that needs the scores of the whole global batch on several ranks.
+
+    A score statistic that is a sum (``reducible_scores``: histogram quantile) and
+    Megatron's mean of per-micro-batch quantile sweeps are summed over ranks; the exact
+    quantile of the global batch needs its sorted scores, which no rank holds.
+    """
+    if (world_size <= 1 or rule is None or not rule.needs_scores or getattr(rule, "reducible_scores", False)
+            or averages_micro_batch_sweeps(rule, semantics)):
+        return
+    remedy = ("read it per micro-batch (model semantics 'megatron': the mean of the micro-batches' sweeps, "
+              "averaged over ranks) or train it in one process") if rule.name == "quantile" else \
+        "train it in one process"
+    raise InvalidInputError(
+        f"the {rule.name!r} rule needs the router scores of the whole global batch, which data-parallel "
+        f"ranks do not gather; {remedy}"
+    )
+
+
 class Balancer:
     """Applies one :class:`BalanceConfig` to a model during training.
 
@@ -241,8 +270,9 @@ class Balancer:
     The balancer never communicates: with data parallelism the trainer passes the loads
     summed over ranks to :meth:`end_step`, and ``reduce_counts`` (``global_aux``'s running
     counts at every micro-batch, e.g.
-    :meth:`~alflb.model.distributed.DistContext.reduce_counts`); both default to this
-    process's counts. Each router's selection (``scores + bias`` or ``scores * bias``) is
+    :meth:`~alflb.model.distributed.DistContext.reduce_counts`) and ``reduce_sum`` (a
+    float64 vector summed over ranks, once per step: a reducible rule's accumulators,
+    Megatron's per-micro-batch quantile sweeps); all default to this process's values. Each router's selection (``scores + bias`` or ``scores * bias``) is
     the one the rule declares (:meth:`alflb.rules.UpdateRule.capabilities`).
     """
 
@@ -257,7 +287,7 @@ class Balancer:
             self.rule = self.rule.centred()
         # Megatron's quantile balancing: one sweep per micro-batch (averaged), on raw logits
         quantile = self.rule is not None and self.rule.needs_scores and self.rule.name == "quantile"
-        self.micro_mean = quantile and self.semantics.quantile_scope == "micro_batch_mean"
+        self.micro_mean = averages_micro_batch_sweeps(self.rule, self.semantics)
         self.on_logits = quantile and self.semantics.quantile_input == "logits"
         self.reduce_counts = reduce_counts or _local_counts
         self.reduce_sum = reduce_sum or _local_sum
@@ -349,23 +379,40 @@ class Balancer:
         n_tokens = int(loads_E.sum()) // self.top_k
         return np.full(self.n_experts, self.top_k * n_tokens / self.n_experts)
 
-    def _quantile_micro_mean(self, bias_E: torch.Tensor, chunks: list[torch.Tensor],
-                             state: _rules.RuleState | None) -> Any:
-        """Megatron's reading: one sweep per micro-batch from the same bias, averaged.
+    def _quantile_micro_means(self, model: DeepSeekMoE) -> list[torch.Tensor]:
+        """Megatron's reading: one sweep per micro-batch from the same bias, averaged over
+        the micro-batches of every data-parallel rank; the new float64 bias of every layer.
 
         Each micro-batch weighs the same whatever its token count (megatron-core divides
-        the summed per-micro-batch quantiles by their number); the EMA and the centring of
-        the rule are linear, so averaging after them equals megatron-core's order.
+        the summed per-micro-batch quantiles by their number, then averages over ranks);
+        the sweeps' sums and their numbers, every layer's, travel in one ``reduce_sum``
+        call, so ranks with unequal numbers of micro-batches still give the plain mean
+        over the global batch's micro-batches. The EMA and the centring of the rule are
+        linear, so averaging after them equals megatron-core's order. Updates the states.
         """
-        outs = []
-        for chunk in chunks:
-            scores = chunk.cpu().double().numpy()
-            T = scores.shape[0]
-            cap = np.full(self.n_experts, self.top_k * T / self.n_experts)
-            load = np.full(self.n_experts, self.top_k * T / self.n_experts)
-            outs.append(self.rule.update(bias_E.clone(), load, cap, state, scores_TE=scores))
-        mean = np.mean([np.asarray(torch.as_tensor(o.bias_E).double()) for o in outs], axis=0)
-        return torch.as_tensor(mean), outs[-1].state
+        parts = []
+        for i, r in enumerate(model.routers()):
+            sum_E = torch.zeros(self.n_experts, dtype=torch.float64)
+            state = self.states[i]
+            for chunk in self._scores[i]:
+                scores = chunk.cpu().double().numpy()
+                T = scores.shape[0]
+                cap = np.full(self.n_experts, self.top_k * T / self.n_experts)
+                out = self.rule.update(r.expert_bias.clone(), cap, cap, self.states[i], scores_TE=scores)
+                sum_E += torch.as_tensor(out.bias_E).cpu().double()
+                state = out.state
+            if not self._scores[i] and state is not None:
+                state = state.advanced()  # this rank saw no micro-batch; the others did
+            self.states[i] = state
+            parts += [sum_E, sum_E.new_tensor([len(self._scores[i])])]
+        packed = self.reduce_sum(torch.cat(parts)).cpu()
+        means, width = [], self.n_experts + 1
+        for i in range(self.n_layers):
+            sum_E, n = packed[i * width:i * width + self.n_experts], float(packed[(i + 1) * width - 1])
+            if n < 1:
+                raise InvalidInputError("no micro-batch was routed in this optimiser step")
+            means.append(sum_E / n)
+        return means
 
     def _reduced_accumulators(self) -> list[Any]:
         """This step's accumulators of every layer summed over ranks: one ``reduce_sum`` call.
@@ -404,10 +451,10 @@ class Balancer:
         if self.rule is not None:
             capacity_E = self._capacity(loads_LE[0])
             accs = self._reduced_accumulators() if self.reducible else None
+            means = self._quantile_micro_means(model) if self.micro_mean else None
             for i, r in enumerate(model.routers()):
-                if self.micro_mean:
-                    bias, self.states[i] = self._quantile_micro_mean(r.expert_bias, self._scores[i], self.states[i])
-                    r.expert_bias.copy_(bias.to(torch.float32))
+                if means is not None:
+                    r.expert_bias.copy_(means[i].to(torch.float32))
                     continue
                 if accs is not None:
                     out = self.rule.finalise(r.expert_bias.clone(), accs[i], capacity_E, self.states[i])

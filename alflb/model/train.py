@@ -81,7 +81,8 @@ from .._progress import progress
 from ..errors import InvalidInputError, RunFolderExistsError
 from ..metrics import max_violation
 from ..runio import RunLock, atomic_write_json, prepare_run_folder
-from .balancing import Balancer
+from ..semantics import get_semantics
+from .balancing import Balancer, check_data_parallel
 from .checkpoint import latest_checkpoint, resumable_checkpoint, save_checkpoint
 from .data import BatchSampler, Corpus, load_corpus, validation_windows
 from .distributed import (
@@ -178,15 +179,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwr
     run = None
     try:
         check_shardable(cfg.batch_size, cfg.grad_accum, ctx.world_size)
-        rule = cfg.balance.make_rule()
-        # A rule whose score statistic is a sum (histogram quantile) is all-reduced; the exact
-        # quantile needs the sorted scores of the whole global batch, which no rank holds.
-        if (ctx.world_size > 1 and rule is not None and rule.needs_scores
-                and not getattr(rule, "reducible_scores", False)):
-            raise InvalidInputError(
-                f"the {rule.name!r} rule needs the router scores of the whole global batch, which "
-                "data-parallel ranks do not gather; train it in one process"
-            )
+        check_data_parallel(cfg.balance.make_rule(), get_semantics(cfg.model.semantics), ctx.world_size)
         with StopRequest(announce=ctx.is_main) as stop_request:
             run = _Run(cfg, ctx, distributed or DistConfig(), t_start, tensorboard=tensorboard)
             return run.execute(Path(out_dir), resume, overwrite, stop_after, stop_request)
@@ -285,8 +278,8 @@ class _Run:
         self.blocks = moe_block_indices(model)
 
     def _reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """A reducible rule's accumulators summed over ranks (one ``all_reduce`` per step)."""
-        return self.ctx.all_reduce(x, "the all-reduce of the bias rule's score histograms")
+        """The bias rule's score statistics summed over ranks (one ``all_reduce`` per step)."""
+        return self.ctx.all_reduce(x, "the all-reduce of the bias rule's score statistics")
 
     def open_logs(self, corpus: Corpus, *, resumed: bool) -> None:
         """``config.json``, the CSV logs and the trace (truncated to the resumed step), the data."""
