@@ -57,42 +57,6 @@ def looped_linear(x_MI: torch.Tensor, w_EOI: torch.Tensor, counts_E: torch.Tenso
     return torch.cat(outs, dim=0)  # (M, O)
 
 
-class _GatedSwiGLU(torch.autograd.Function):
-    """``silu(a) * b * g`` for ``h = [a | b]`` (``(M, 2H)``) and a gate ``g`` (``(M, 1)``).
-
-    Written out so that the backward writes both halves of ``dh`` into one ``(M, 2H)``
-    tensor: through ``chunk``, autograd builds ``da`` and ``db`` apart and then copies them
-    into a new one (a ``cat`` of ``M x 2H`` per layer and step). The arithmetic is
-    autograd's, operation for operation (``silu_backward`` included), so the numbers are
-    bit for bit those of the plain formula.
-    """
-
-    @staticmethod
-    def forward(ctx, h_M2H: torch.Tensor, g_M1: torch.Tensor) -> torch.Tensor:
-        a, b = h_M2H.chunk(2, dim=-1)
-        silu_a = F.silu(a)
-        silu_b = silu_a * b
-        ctx.save_for_backward(h_M2H, g_M1, silu_a, silu_b)
-        return silu_b * g_M1
-
-    @staticmethod
-    def backward(ctx, grad_MH: torch.Tensor):
-        h_M2H, g_M1, silu_a, silu_b = ctx.saved_tensors
-        a, b = h_M2H.chunk(2, dim=-1)
-        H = a.shape[-1]
-        grad_h = torch.empty_like(h_M2H)
-        grad_sb = grad_MH * g_M1  # d out / d (silu(a) b)
-        torch.mul(grad_sb, silu_a, out=grad_h[:, H:])  # d/db
-        torch.ops.aten.silu_backward.grad_input(grad_sb * b, a, grad_input=grad_h[:, :H])  # d/da
-        grad_g = (grad_MH * silu_b).sum_to_size(g_M1.shape) if ctx.needs_input_grad[1] else None
-        return grad_h, grad_g
-
-
-def gated_swiglu(h_M2H: torch.Tensor, g_M1: torch.Tensor) -> torch.Tensor:
-    """``silu(a) * b * g`` for ``h = [a | b]``: the experts' activation times the gate."""
-    return _GatedSwiGLU.apply(h_M2H, g_M1)
-
-
 class RoutedExperts(nn.Module):
     """``E`` fine-grained SwiGLU experts, stored stacked for grouped matmuls.
 
@@ -130,11 +94,11 @@ class RoutedExperts(nn.Module):
         # Gather by index_select (its backward is one index_add_) and scatter back with
         # index_add (its backward is one index_select): two (S, D) passes each way.
         x_SD = x_TD.index_select(0, token_S)  # (S, D) tokens in expert order
-        h_S2H = self._linear(x_SD, self.w13, counts_E)  # (S, 2H): gate and up projections
+        a, b = self._linear(x_SD, self.w13, counts_E).chunk(2, dim=-1)  # (S, H) each
         # The gate multiplies the expert's output; W2 is linear, so it is applied to the
         # narrower hidden activation instead: g * W2 h = W2 (g h).
-        gates_S1 = gates_TK.reshape(-1).index_select(0, order_S).unsqueeze(1).to(h_S2H.dtype)  # (S, 1)
-        y_SD = self._linear(gated_swiglu(h_S2H, gates_S1), self.w2, counts_E)  # (S, D) expert order
+        gates_S1 = gates_TK.reshape(-1).index_select(0, order_S).unsqueeze(1).to(a.dtype)  # (S, 1)
+        y_SD = self._linear(F.silu(a) * b * gates_S1, self.w2, counts_E)  # (S, D) expert order
         out_TD = torch.zeros((T, D), dtype=y_SD.dtype, device=y_SD.device)
         return out_TD.index_add(0, token_S, y_SD)  # (T, D) sum over each token's K experts
 
