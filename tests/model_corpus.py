@@ -19,3 +19,15 @@ def stdlib_corpus(folder: Path, size: int = 200_000) -> Path:
     path = folder / "text.py"
     path.write_bytes(b"\n\n".join(parts))
     return path
+
+
+def run_biases(run: Path, n_experts: int = 8):
+    """A training run's ``biases.csv`` as a ``(steps, L, E)`` array."""
+    import csv
+
+    import numpy as np
+
+    with (run / "biases.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    a = np.array([[float(r[f"e{k}"]) for k in range(n_experts)] for r in rows])
+    return a.reshape(len({r["step"] for r in rows}), -1, n_experts)

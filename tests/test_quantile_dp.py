@@ -11,7 +11,6 @@ whole global batch (``quantile_scope="global"``) stays refused on several ranks.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_corpus import stdlib_corpus
+from model_corpus import run_biases, stdlib_corpus
 
 from alflb.cli import main
 from alflb.model.balancing import BalanceConfig, Balancer
@@ -30,14 +29,6 @@ from alflb.model.transformer import DeepSeekMoE
 
 STEPS = 3
 MEGATRON = dict(semantics="megatron", n_groups=1, topk_groups=1)  # megatron-core: no group limit
-
-
-def _biases(run: Path) -> np.ndarray:
-    """``biases.csv`` as ``(steps, L, E)``."""
-    with (run / "biases.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    a = np.array([[float(r[f"e{k}"]) for k in range(8)] for r in rows])
-    return a.reshape(len({r["step"] for r in rows}), -1, 8)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +108,7 @@ def test_two_ranks_average_the_micro_batch_sweeps_like_one_process(corpus_file, 
     saved.write_text(json.dumps({"train_config": dataclasses.replace(one_cfg, grad_accum=1).as_dict()}))
     assert main(["train", "--config", str(saved), "--nproc", "2", "--out", str(tmp_path / "ddp"),
                  "--no-progress", "--check-sync"]) == 0
-    ddp, one = _biases(tmp_path / "ddp"), _biases(tmp_path / "one")
+    ddp, one = run_biases(tmp_path / "ddp"), run_biases(tmp_path / "one")
     assert ddp.shape == one.shape == (STEPS, 2, 8)
     np.testing.assert_allclose(ddp, one, rtol=0, atol=1e-6)
     assert np.abs(one).max() > 1e-2  # the biases moved: the comparison is not of zeros

@@ -10,14 +10,13 @@ so they agree to the histogram's bin width.
 from __future__ import annotations
 
 import copy
-import csv
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from model_corpus import stdlib_corpus
+from model_corpus import run_biases, stdlib_corpus
 
 from alflb.cli import main
 from alflb.model.balancing import BalanceConfig, Balancer
@@ -26,14 +25,6 @@ from alflb.model.train import TrainConfig, train
 from alflb.model.transformer import DeepSeekMoE
 
 STEPS = 2
-
-
-def _biases(run: Path) -> np.ndarray:
-    """``biases.csv`` as ``(steps, L, E)``."""
-    with (run / "biases.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    a = np.array([[float(r[f"e{k}"]) for k in range(8)] for r in rows])
-    return a.reshape(len({r["step"] for r in rows}), -1, 8)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +94,7 @@ def test_two_ranks_sum_the_histograms_like_one_process(corpus_file, tmp_path):
                                   progress=False, steps=STEPS, batch_size=8, grad_accum=2, eval_every=2,
                                   checkpoint_every=2, device="cpu")
     train(cfg, tmp_path / "one")
-    ddp, one = _biases(tmp_path / "ddp"), _biases(tmp_path / "one")
+    ddp, one = run_biases(tmp_path / "ddp"), run_biases(tmp_path / "one")
     assert ddp.shape == (STEPS, 2, 8)
     np.testing.assert_array_equal(ddp[0], one[0])  # step 1: the same scores, exact integer counts
     rule = cfg.balance.make_rule()
