@@ -31,3 +31,27 @@ def run_biases(run: Path, n_experts: int = 8):
         rows = list(csv.DictReader(fh))
     a = np.array([[float(r[f"e{k}"]) for k in range(n_experts)] for r in rows])
     return a.reshape(len({r["step"] for r in rows}), -1, n_experts)
+
+
+class ThreadSum:
+    """An all-reduce (sum) among ``n`` threads standing for data-parallel ranks.
+
+    ``reduce(rank, x)`` returns the sum of every rank's ``x`` once all have called it;
+    ``calls[rank]`` records what each rank reduced (to count the reductions).
+    """
+
+    def __init__(self, n: int = 2) -> None:
+        import threading
+
+        self.n = n
+        self.box: list = [None] * n
+        self.calls: list[list] = [[] for _ in range(n)]
+        self.barrier = threading.Barrier(n)
+
+    def reduce(self, rank: int, x):
+        self.calls[rank].append(x)
+        self.box[rank] = x.clone()
+        self.barrier.wait()
+        out = sum(self.box[1:], self.box[0].clone())
+        self.barrier.wait()
+        return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_corpus import run_biases, stdlib_corpus
+from model_corpus import ThreadSum, run_biases, stdlib_corpus
 
 from alflb.cli import main
 from alflb.model.balancing import BalanceConfig, Balancer
@@ -57,24 +57,13 @@ def test_ranks_with_unequal_micro_batches_give_the_plain_mean_over_the_global_ba
     want_LE = _step(*_local(cfg, model), micro)  # one process, three micro-batches
     assert float(want_LE.abs().max()) > 1e-2  # the rule moved the biases
 
-    box: list[torch.Tensor | None] = [None, None]
-    sums: list[list[torch.Tensor]] = [[], []]
-    barrier = threading.Barrier(2)
-
-    def all_reduce(rank: int, x: torch.Tensor) -> torch.Tensor:
-        sums[rank].append(x)
-        box[rank] = x.clone()
-        barrier.wait()
-        out = box[0] + box[1]
-        barrier.wait()
-        return out
-
+    ranks = ThreadSum(2)
     got: list[torch.Tensor | None] = [None, None]
     shares = [micro[:1], micro[1:]]
 
     def rank_main(rank: int) -> None:
         m = copy.deepcopy(model)
-        b = Balancer(cfg, m, reduce_sum=lambda x: all_reduce(rank, x))
+        b = Balancer(cfg, m, reduce_sum=lambda x: ranks.reduce(rank, x))
         b.init_biases(m)
         got[rank] = _step(b, m, shares[rank])
 
@@ -85,7 +74,7 @@ def test_ranks_with_unequal_micro_batches_give_the_plain_mean_over_the_global_ba
         t.join(timeout=60)
     for rank in (0, 1):
         torch.testing.assert_close(got[rank], want_LE, rtol=0, atol=1e-6)
-        assert len(sums[rank]) == 1  # one reduction per optimiser step, every layer in it
+        assert len(ranks.calls[rank]) == 1  # one reduction per optimiser step, every layer in it
     # the local means differ: a rank that did not reduce would hold other biases
     assert not torch.allclose(got[0], _step(*_local(cfg, model), shares[0]), atol=1e-4)
 

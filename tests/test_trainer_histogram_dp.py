@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_corpus import run_biases, stdlib_corpus
+from model_corpus import ThreadSum, run_biases, stdlib_corpus
 
 from alflb.cli import main
 from alflb.model.balancing import BalanceConfig, Balancer
@@ -58,24 +58,15 @@ def test_accumulators_summed_over_two_ranks_give_the_one_process_biases_bit_for_
     one.init_biases(model)
     want_LE = _one_step(one, model, halves).clone()  # one process, two micro-batches
 
-    box: list[torch.Tensor | None] = [None, None]
-    barrier = threading.Barrier(2)
-
-    def all_reduce(rank: int, x: torch.Tensor) -> torch.Tensor:
-        box[rank] = x.clone()
-        barrier.wait()
-        out = box[0] + box[1]
-        barrier.wait()
-        return out
-
+    ranks = ThreadSum(2)
     got: list[torch.Tensor | None] = [None, None]
 
     def rank_main(rank: int) -> None:
         m = copy.deepcopy(model)
         m.reset_loads()
-        b = Balancer(cfg, m, reduce_sum=lambda x: all_reduce(rank, x))
+        b = Balancer(cfg, m, reduce_sum=lambda x: ranks.reduce(rank, x))
         b.init_biases(m)
-        got[rank] = _one_step(b, m, [halves[rank]], reduce_loads=lambda x: all_reduce(rank, x.double()).long())
+        got[rank] = _one_step(b, m, [halves[rank]], reduce_loads=lambda x: ranks.reduce(rank, x.double()).long())
 
     threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
     for t in threads:
