@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ._jit import serial_and_parallel
 
 __all__ = ["fused_route"]
 
@@ -184,8 +186,8 @@ def _fused_route_py(scores_TE, bias_E, k, write_topk, topk_TK, load_CE, value_C)
 
 # Two compilations of the same loop: threads pay off only on large batches, and a parallel
 # region on a tiny one (or on a busy machine) costs more than the work.
-_fused_route_parallel = njit(parallel=True, cache=True, nogil=True)(_fused_route_py)
-_fused_route_serial = njit(parallel=False, cache=True, nogil=True)(_fused_route_py)
+# (Each cached apart: numba's cache key ignores ``parallel``, see alflb._jit.)
+_fused_route_serial, _fused_route_parallel = serial_and_parallel(_fused_route_py)
 _PARALLEL_MIN_ELEMENTS = 1 << 16  # T*E below which the serial kernel runs
 
 

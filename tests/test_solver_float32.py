@@ -72,7 +72,8 @@ def test_fast_solve_makes_no_float64_copy_of_the_scores():
     5 T E bytes; converting the scores to float64 anywhere adds 8 T E and fails this."""
     t, e = 131072, 32
     prob = AssignmentProblem(_scores32("skewed", t, e, 4), 4)
-    solve(AssignmentProblem(_scores32("skewed", 256, e, 5), 4), "fast")  # compile outside the window
+    # compile (or load) the serial and the parallel kernels outside the window
+    solve(AssignmentProblem(_scores32("skewed", t, e, 5), 4), "fast")
     tracemalloc.start()
     try:
         res = solve(prob, "fast")

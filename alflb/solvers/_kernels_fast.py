@@ -48,6 +48,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from .._jit import serial_and_parallel
+
 __all__ = [
     "assignment_margin",
     "column_midpoints",
@@ -75,9 +77,8 @@ def _n_chunks(n_rows: int) -> int:
 
 
 def _serial_and_parallel(fn):
-    """The same loop compiled twice: ``prange`` is ``range`` in the serial build."""
-    serial = numba.njit(cache=True, nogil=True)(fn)
-    return serial, numba.njit(cache=True, nogil=True, parallel=True)(fn)
+    """The same loop compiled twice, each build cached apart (:mod:`alflb._jit`)."""
+    return serial_and_parallel(fn)
 
 
 def _pick(pair, n_tokens: int):
