@@ -250,7 +250,7 @@ def _shared64(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
     return w2 @ (F.silu(a) * b)
 
 
-@pytest.mark.parametrize("dispatch", ["grouped", "loop"])
+@pytest.mark.parametrize("dispatch", ["fused", "grouped", "loop"])
 @pytest.mark.parametrize("kw", [
     {},
     {"score_func": "softmax"},
@@ -290,6 +290,67 @@ def test_grouped_and_loop_dispatch_agree_with_empty_experts():
     yb, _ = b(x)
     assert (ra.topk_TK >= 8).all()
     torch.testing.assert_close(ya, yb, rtol=0, atol=1e-6)
+
+
+def _forward_backward(layer: MoELayer, x: torch.Tensor, probe: torch.Tensor, autocast: bool = False):
+    x = x.detach().clone().requires_grad_(x.requires_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, _ = layer(x)
+    (y.float() * probe).sum().backward()
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad(set_to_none=True)
+    return y.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("case", ["fp32", "empty_experts", "bf16_autocast", "input_frozen", "experts_frozen"])
+def test_fused_dispatch_is_bit_identical_to_grouped(case):
+    """The fused node repeats autograd's arithmetic on the grouped graph, so outputs and
+    every gradient (input, both expert weights, the router through the gates) are equal
+    bit for bit, including empty experts, autocast and gradients not asked for."""
+    kw = dict(n_routed_experts=16, top_k=4, expert_hidden=24, n_shared_experts=0)
+    fused = _layer(seed=7, dispatch="fused", **kw)
+    grouped = _layer(seed=8, dispatch="grouped", **kw)
+    grouped.load_state_dict(fused.state_dict())
+    if case == "empty_experts":
+        for layer in (fused, grouped):
+            layer.router.expert_bias[::3] = -100.0
+    if case == "experts_frozen":
+        for layer in (fused, grouped):
+            layer.experts.w13.requires_grad_(False)
+    torch.manual_seed(1)
+    x = torch.randn(3, 40, 32, requires_grad=case != "input_frozen")
+    probe = torch.randn(3, 40, 32)
+    yf, gxf, gf = _forward_backward(fused, x, probe, autocast=case == "bf16_autocast")
+    yg, gxg, gg = _forward_backward(grouped, x, probe, autocast=case == "bf16_autocast")
+    assert yf.dtype == yg.dtype
+    assert torch.equal(yf, yg)
+    assert (gxf is None and gxg is None) or torch.equal(gxf, gxg)
+    assert gf.keys() == gg.keys()
+    for name in gf:
+        assert (gf[name] is None) == (gg[name] is None), name
+        assert gf[name] is None or torch.equal(gf[name], gg[name]), name
+    if case == "empty_experts":
+        assert torch.count_nonzero(gf["experts.w2"][::3]) == 0  # zeroed, not left uninitialised
+    assert gf["router.weight"] is not None and torch.count_nonzero(gf["router.weight"]) > 0
+
+
+def _graph_node_names(fn) -> set[str]:
+    names, stack, seen = set(), [fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return names
+
+
+def test_auto_dispatch_runs_the_fused_node_on_the_cpu():
+    y, _ = _layer(seed=2, dispatch="auto")(torch.randn(1, 6, 32, requires_grad=True))
+    assert any("FusedExperts" in name for name in _graph_node_names(y.grad_fn))
+    y, _ = _layer(seed=2, dispatch="grouped")(torch.randn(1, 6, 32, requires_grad=True))
+    assert not any("FusedExperts" in name for name in _graph_node_names(y.grad_fn))
 
 
 # ------------------------------------------------------------------ config

@@ -61,3 +61,32 @@ def test_chunked_benchmark_solves_a_file_and_compares(tmp_path: Path) -> None:
                for line in out.splitlines()) == 3, out
     assert "objective rel diff 0.0e+00" in out, out
     assert list(tmp_path.glob("*.npy")), "--keep keeps the score file"
+
+
+MOE = BENCH.parent / "moe_layer.py"
+
+
+def test_moe_layer_benchmark_checks_its_peers_agree_before_timing(tmp_path: Path) -> None:
+    """Tiny sizes: every peer timed, the MoE peers' outputs checked equal first, JSON written;
+    a peer that computes something else stops the run with one line."""
+    import json
+    import subprocess
+
+    out = tmp_path / "moe.json"
+    cmd = [sys.executable, str(MOE), "--rounds", "1", "--warmup", "0", "--tokens", "64", "--d-model", "64",
+           "--width-scale", "0.125", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [(r["E"], r["K"]) for r in results] == [(16, 4), (64, 8)]
+    for r in results:
+        assert set(r["peers"]) == {"dense", "moe_fused", "moe_grouped", "moe_loop", "moe_naive"}
+        assert max(r["max_abs_diff_to_moe_fused"].values()) < 1e-5
+    broken = ("import runpy, sys, alflb.model.experts as ex; "
+              "ex.looped_linear = lambda x, w, c: ex.grouped_linear(x, w, c) * 1.01; "
+              f"sys.argv = [{str(MOE)!r}, '--rounds', '1', '--warmup', '0', '--tokens', '64', "
+              "'--d-model', '64', '--width-scale', '0.125', '--peers', 'moe_loop']; "
+              f"runpy.run_path({str(MOE)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", broken], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("MoE peers disagree") and "moe_loop" in proc.stderr

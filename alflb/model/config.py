@@ -76,7 +76,7 @@ SCORE_FUNCS = {
     "softmax": lambda logits_TE: logits_TE.softmax(dim=-1),
     "sqrtsoftplus": _sqrt_softplus,
 }
-Dispatch = Literal["auto", "grouped", "loop"]
+Dispatch = Literal["auto", "fused", "grouped", "loop"]
 
 
 def _positive_int(value: Any, name: str) -> None:
@@ -112,7 +112,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base
     norm_eps: float = 1e-6  # RMSNorm epsilon
     init_std: float = 0.02  # normal init of weights; output projections are scaled down by depth
-    dispatch: Dispatch = "auto"  # routed-expert compute: grouped matmul, or a loop over experts
+    dispatch: Dispatch = "auto"  # routed experts: fused blocks (CPU), grouped matmul (else), a loop
     semantics: str = "deepseek_v3"  # whose definitions where frameworks differ (alflb.semantics.SEMANTICS)
 
     def __post_init__(self) -> None:
@@ -144,8 +144,8 @@ class ModelConfig:
             raise InvalidInputError(
                 f"score_func must be one of {', '.join(SCORE_FUNCS)}, got {self.score_func!r}"
             )
-        if self.dispatch not in ("auto", "grouped", "loop"):
-            raise InvalidInputError(f"dispatch must be 'auto', 'grouped' or 'loop', got {self.dispatch!r}")
+        if self.dispatch not in ("auto", "fused", "grouped", "loop"):
+            raise InvalidInputError(f"dispatch must be 'auto', 'fused', 'grouped' or 'loop', got {self.dispatch!r}")
         from ..semantics import get_semantics  # a leaf module; imported here to keep config light
 
         object.__setattr__(self, "semantics", get_semantics(self.semantics).name)
