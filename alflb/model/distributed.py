@@ -33,7 +33,8 @@ Mechanics
   ``broadcast_buffers=False`` (``forward_sync_buffers=False`` in newer torch): DDP's default re-broadcasts rank 0's buffers before every
   forward, which would overwrite each rank's ``load_count`` with rank 0's (and is not
   needed for ``expert_bias``, replicated by construction). The hand-written
-  ``grouped_mm`` backward returns ordinary parameter gradients, so DDP's bucketed hooks
+  backwards of the routed experts (fused and ``grouped_mm``) return ordinary parameter
+  gradients, so DDP's bucketed hooks
   apply unchanged; ``no_sync`` skips the gradient all-reduce on all micro-batches but
   the last.
 - ``global_aux`` reduces its running counts (and token count) across ranks at every

@@ -40,9 +40,11 @@ Mechanics that the tests pin:
   for selection; the gates still come from the unbiased scores.
 
 Routed experts are computed grouped by expert: the ``T*K`` (token, expert) slots are
-sorted by expert id and each expert's contiguous block is multiplied by its weights
-with one grouped matmul (``torch.nn.functional.grouped_mm``), forward and backward; no
-Python loop over tokens. ``dispatch="loop"`` runs the plain per-expert loop instead.
+sorted by expert id and each expert's contiguous block is multiplied by its weights; no
+Python loop over tokens. On the CPU (``dispatch="auto"`` or ``"fused"``) one autograd node
+gathers, multiplies and scatters one expert's block at a time; elsewhere one grouped
+matmul per projection (``torch.nn.functional.grouped_mm``) does it, forward and backward;
+``dispatch="loop"`` runs a per-expert loop. :mod:`alflb.model.experts` says how.
 
 References
 ----------

@@ -167,9 +167,10 @@ def run_policy(
 def estimate_memory(config: SimulationConfig) -> int:
     """Bytes a simulation of ``config`` holds at its peak (an estimate, on the high side).
 
-    One seed's scores at a time (float32, plus a float64 copy for the exact comparators),
-    the independent ``p*`` sample, and every (policy, seed) run's per-step arrays, which
-    the result keeps.
+    One seed's scores at a time (float32) and the pooled copy the exact comparators solve
+    (float32 for the ``fast`` solver, float64 for the others), each counted at 8 bytes a
+    score; the independent ``p*`` sample; and every (policy, seed) run's per-step arrays,
+    which the result keeps.
     """
     n, t, e = config.n_steps, config.n_tokens, config.n_experts
     per_score = 8 + (8 if config.regret else 0)
