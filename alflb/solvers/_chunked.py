@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from .._kernels import fused_route
 from ..errors import InvalidInputError, SolverError
 from ..problem import AssignmentProblem, balanced_capacity
 from ._fast import _excess, newton_refine, quantile_sweeps
+from ._kernels_certify import certify_rows
 from ._kernels_fast import route_pairs
 
 __all__ = ["ChunkedSolveResult", "solve_chunked"]
@@ -95,7 +97,9 @@ def _chunks(n_tokens: int, rows: int):
 
 
 def _load(scores, lo, hi):
-    block = np.ascontiguousarray(scores[lo:hi], dtype=np.float64)
+    """Rows ``lo:hi`` in memory: float32 stays float32 (every kernel computes in float64)."""
+    block = scores[lo:hi]
+    block = np.ascontiguousarray(block, dtype=np.float32 if block.dtype == np.float32 else np.float64)
     if not np.isfinite(block).all():
         raise InvalidInputError(f"scores rows {lo}:{hi} contain NaN or inf")
     return block
@@ -151,10 +155,6 @@ def _newton_chunked(scores, p_E, k, cap_E, rows, max_steps):
         if not improved:
             break
     return best_p, best_ex, n_passes, sample, step
-
-
-def _top_k_sets(block, p_E, k):
-    return np.sort(np.argpartition(-(block + p_E), k - 1, axis=1)[:, :k], axis=1)
 
 
 def solve_chunked(
@@ -300,18 +300,15 @@ def _certify_block(block, lo, p_E, q_E, k, idx_M, x_M, tol_rel):
     """Top-K sets (held tokens: from ``x_M``), objective, TopKSum under ``q``, magnitudes,
     loads and slackness for rows ``lo:lo+len(block)``."""
     n, n_experts = block.shape
-    top = _top_k_sets(block, p_E, k)
+    _, _, top = fused_route(block, p_E, k, return_topk=True)  # the fixed tokens' sets (no ties)
+    top.sort(axis=1)
     a, b = np.searchsorted(idx_M, [lo, lo + n])
     if b > a:
         top[idx_M[a:b] - lo] = np.sort(np.nonzero(x_M[a:b])[1].reshape(-1, k), axis=1)
     x = np.zeros((n, n_experts), bool)
     np.put_along_axis(x, top, True, axis=1)
-    biased = block + q_E
-    objective = float(block[x].sum())
-    topk = float(-np.partition(-biased, k - 1, axis=1)[:, :k].sum())
-    magnitude = float(np.abs(biased).max(axis=1).sum()) * k
-    viol = np.where(x, -np.inf, biased).max(axis=1) - np.where(x, biased, np.inf).min(axis=1)
-    return top.astype(np.int32), objective, topk, magnitude, x.sum(axis=0), viol, float(np.abs(block).max())
+    objective, topk, magnitude, max_score, viol = certify_rows(block, q_E, x, k)
+    return top.astype(np.int32), objective, topk, magnitude * k, x.sum(axis=0), viol, max_score
 
 
 def _certify_task(source, lo, hi, p_E, q_E, k, idx_M, x_M, rtol):
