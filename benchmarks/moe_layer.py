@@ -38,10 +38,13 @@ Run::
     python benchmarks/moe_layer.py --peers moe_fused            # dense and the model's layer only
 
 Targets (CPU): the model's layer (moe_fused) <= 1.2x dense for 16 experts top-4, <= 1.35x
-for 64 top-8. Measured on a 2-core AMD EPYC (``--peers moe_fused,moe_grouped --rounds 9``,
-one run): 1.06x and 1.11x; through ``grouped_mm`` 1.21x and 1.33x. Its six GEMMs alone, at equal
-flops: 1.16x the dense GEMMs through ``grouped_mm``'s CPU fallback, 0.93x as one
-``torch.mm`` per expert written in place.
+for 64 top-8. Measured on a 2-core AMD EPYC (``--rounds 7``, one run): 0.99x and 1.11x;
+through ``grouped_mm`` 1.08x and 1.17x. ``--gemms`` (``--peers moe_fused --rounds 5``):
+the six GEMMs alone at 64 top-8 cost 1.14x the dense GEMMs of equal flops through
+``grouped_mm`` and 1.17x as per-group ``torch.mm`` into a freshly allocated output, more
+than the whole fused layer (1.11x): it gains by never materialising the gathered
+``(S, D)`` inputs, outputs and their gradients, and by working on one expert's block
+while it is in cache.
 Every peer runs in one process under the same ``torch.set_num_threads``, and each starts
 with no input gradient (none pays for adding into another's).
 """
@@ -158,6 +161,53 @@ def bench_config(E: int, K: int, H: int, d_model: int, n_tokens: int, rounds: in
     return out
 
 
+def bench_gemms(E: int, K: int, H: int, d_model: int, n_tokens: int, rounds: int) -> dict:
+    """The layer's six GEMMs alone (forward, input and weight gradients of W13 and W2) at
+    equal group sizes ``T K / E``: ``grouped_mm`` (the ``grouped`` dispatch), one
+    ``torch.mm`` per group written in place (what the ``fused`` node runs), and the dense
+    SwiGLU's GEMMs of the same flops. Seconds summed over the six, median over rounds."""
+    torch.manual_seed(0)
+    D, S = d_model, n_tokens * K
+    rows = S // E
+    offs = torch.arange(1, E + 1, dtype=torch.int32) * rows
+    x, g13, h, gy = (torch.randn(E * rows, n) for n in (D, 2 * H, H, D))
+    w13, w2 = torch.randn(E, 2 * H, D), torch.randn(E, D, H)
+    xd, g13d, hd, gyd = (torch.randn(n_tokens, n) for n in (D, 2 * K * H, K * H, D))
+    w13d, w2d = torch.randn(2 * K * H, D), torch.randn(D, K * H)
+
+    def in_place(a, b_of, shape, weights=False):
+        out = torch.empty(shape)
+        for e in range(E):
+            lo, hi = e * rows, (e + 1) * rows
+            if weights:
+                torch.mm(a[lo:hi].t(), b_of(e, lo, hi), out=out[e])
+            else:
+                torch.mm(a[lo:hi], b_of(e, lo, hi), out=out[lo:hi])
+
+    ways = {
+        "grouped_mm": lambda: (F.grouped_mm(x, w13.transpose(-2, -1), offs=offs), F.grouped_mm(g13, w13, offs=offs),
+                               F.grouped_mm(g13.t(), x, offs=offs), F.grouped_mm(h, w2.transpose(-2, -1), offs=offs),
+                               F.grouped_mm(gy, w2, offs=offs), F.grouped_mm(gy.t(), h, offs=offs)),
+        "mm in place": lambda: (in_place(x, lambda e, lo, hi: w13[e].t(), (E * rows, 2 * H)),
+                                in_place(g13, lambda e, lo, hi: w13[e], (E * rows, D)),
+                                in_place(g13, lambda e, lo, hi: x[lo:hi], (E, 2 * H, D), weights=True),
+                                in_place(h, lambda e, lo, hi: w2[e].t(), (E * rows, D)),
+                                in_place(gy, lambda e, lo, hi: w2[e], (E * rows, H)),
+                                in_place(gy, lambda e, lo, hi: h[lo:hi], (E, D, H), weights=True)),
+        "dense": lambda: (xd @ w13d.t(), g13d @ w13d, g13d.t() @ xd, hd @ w2d.t(), gyd @ w2d, gyd.t() @ hd),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for r in range(rounds + 1):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    return {name: {"median_s": statistics.median(ts),
+                   "ratio_to_dense": statistics.median(t / d for t, d in zip(ts, times["dense"]))}
+            for name, ts in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -170,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--peers", default="moe_fused,moe_grouped,moe_loop,moe_naive",
                     help="comma-separated peers timed beside dense (always measured)")
+    ap.add_argument("--gemms", action="store_true",
+                    help="also time the layer's six GEMMs alone: grouped_mm, per-group mm in place, dense")
     args = ap.parse_args(argv)
     names = tuple(n for n in args.peers.split(",") if n)
     unknown = set(names) - {"dense", "moe_fused", "moe_grouped", "moe_loop", "moe_naive"}
@@ -192,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, p in r["peers"].items():
             print(f"  {name:<12} {p['median_s'] * 1e3:>10.1f} {p['tokens_per_s']:>10.0f} "
                   f"{p['ratio_to_dense']:>8.3f}   ({p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f})")
+        if args.gemms:
+            r["gemms"] = bench_gemms(E, K, H, args.d_model, args.tokens, args.rounds)
+            print(f"  the six GEMMs alone, {args.tokens * K // E} rows per expert:")
+            for name, g in r["gemms"].items():
+                print(f"    {name:<12} {g['median_s'] * 1e3:>8.1f} ms {g['ratio_to_dense']:>8.3f} x dense")
     if args.out:
         from alflb.runio import atomic_write_json
 

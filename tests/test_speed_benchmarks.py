@@ -74,7 +74,7 @@ def test_moe_layer_benchmark_checks_its_peers_agree_before_timing(tmp_path: Path
 
     out = tmp_path / "moe.json"
     cmd = [sys.executable, str(MOE), "--rounds", "1", "--warmup", "0", "--tokens", "64", "--d-model", "64",
-           "--width-scale", "0.125", "--out", str(out)]
+           "--width-scale", "0.125", "--gemms", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["results"]
@@ -82,6 +82,8 @@ def test_moe_layer_benchmark_checks_its_peers_agree_before_timing(tmp_path: Path
     for r in results:
         assert set(r["peers"]) == {"dense", "moe_fused", "moe_grouped", "moe_loop", "moe_naive"}
         assert max(r["max_abs_diff_to_moe_fused"].values()) < 1e-5
+        assert set(r["gemms"]) == {"grouped_mm", "mm in place", "dense"}
+        assert r["gemms"]["dense"]["ratio_to_dense"] == 1.0
     broken = ("import runpy, sys, alflb.model.experts as ex; "
               "ex.looped_linear = lambda x, w, c: ex.grouped_linear(x, w, c) * 1.01; "
               f"sys.argv = [{str(MOE)!r}, '--rounds', '1', '--warmup', '0', '--tokens', '64', "
