@@ -197,6 +197,7 @@ def fused_route(
     k: int,
     *,
     return_topk: bool = False,
+    threads: bool = True,
 ) -> tuple[np.ndarray, float, np.ndarray | None]:
     """Top-K routing of ``scores_TE + bias_E`` with load count, in one parallel pass.
 
@@ -212,6 +213,9 @@ def fused_route(
     return_topk : bool
         Also return the chosen experts of each token, ``(T, K)`` int64, in descending
         biased score (ties: lower index first).
+    threads : bool
+        ``False``: the serial build whatever the size (a caller that is itself one of
+        several threads, such as a Dask task).
 
     Returns
     -------
@@ -236,7 +240,8 @@ def fused_route(
     load_CE = np.zeros((n_chunks, n_experts), dtype=np.int64)
     value_C = np.zeros(n_chunks, dtype=np.float64)
     topk_TK = np.empty((n_tokens if return_topk else 0, k), dtype=np.int64)
-    kernel = _fused_route_parallel if n_tokens * n_experts >= _PARALLEL_MIN_ELEMENTS else _fused_route_serial
+    big = threads and n_tokens * n_experts >= _PARALLEL_MIN_ELEMENTS
+    kernel = _fused_route_parallel if big else _fused_route_serial
     kernel(scores_TE, bias_E, int(k), return_topk, topk_TK, load_CE, value_C)
     return load_CE.sum(axis=0), float(value_C.sum()), (topk_TK if return_topk else None)
 

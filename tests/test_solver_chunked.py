@@ -78,3 +78,29 @@ def test_cli_max_memory_matches_in_memory(tmp_path, capsys):
     assert rc == 0 and out["success"]
     ref = solve(AssignmentProblem(scores, 2), "fast")
     np.testing.assert_allclose(out["objective"], ref.objective, rtol=1e-12)
+
+
+def test_chunked_on_dask_threads_with_the_workqueue_layer(tmp_path):
+    """Dask tasks run side by side on a worker's threads; numba's workqueue layer aborts the
+    process when two threads launch parallel kernels at once, so each task runs the serial
+    builds. Chunks of 131,072 scores would take the parallel route kernel otherwise."""
+    pytest.importorskip("dask.distributed")
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from dask import distributed
+        from alflb.solvers import solve_chunked
+        rng = np.random.default_rng(0)
+        np.save({str(tmp_path / "s.npy")!r}, rng.standard_normal((65536, 8)) + 0.5 * rng.standard_normal(8))
+        with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=2) as cluster:
+            with distributed.Client(cluster) as client:
+                res = solve_chunked({str(tmp_path / "s.npy")!r}, 2, max_memory_bytes=16384 * 32 * 8, client=client)
+        print("certified", res.success)
+    """)
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and "certified True" in out.stdout, out.stderr[-2000:]

@@ -296,24 +296,26 @@ def _loads_of(block, p_E, k):
     return load
 
 
-def _certify_block(block, lo, p_E, q_E, k, idx_M, x_M, tol_rel):
+def _certify_block(block, lo, p_E, q_E, k, idx_M, x_M, tol_rel, threads=True):
     """Top-K sets (held tokens: from ``x_M``), objective, TopKSum under ``q``, magnitudes,
-    loads and slackness for rows ``lo:lo+len(block)``."""
+    loads and slackness for rows ``lo:lo+len(block)``. ``threads=False`` in a Dask task:
+    the cluster runs tasks side by side, and numba's workqueue layer refuses concurrent
+    parallel launches."""
     n, n_experts = block.shape
-    _, _, top = fused_route(block, p_E, k, return_topk=True)  # the fixed tokens' sets (no ties)
+    _, _, top = fused_route(block, p_E, k, return_topk=True, threads=threads)  # fixed tokens: no ties
     top.sort(axis=1)
     a, b = np.searchsorted(idx_M, [lo, lo + n])
     if b > a:
         top[idx_M[a:b] - lo] = np.sort(np.nonzero(x_M[a:b])[1].reshape(-1, k), axis=1)
     x = np.zeros((n, n_experts), bool)
     np.put_along_axis(x, top, True, axis=1)
-    objective, topk, magnitude, max_score, viol = certify_rows(block, q_E, x, k)
+    objective, topk, magnitude, max_score, viol = certify_rows(block, q_E, x, k, threads=threads)
     return top.astype(np.int32), objective, topk, magnitude * k, x.sum(axis=0), viol, max_score
 
 
 def _certify_task(source, lo, hi, p_E, q_E, k, idx_M, x_M, rtol):
     scores = np.load(source, mmap_mode="r", allow_pickle=False) if isinstance(source, (str, os.PathLike)) else source
-    return _certify_block(_load(scores, lo, hi), lo, p_E, q_E, k, idx_M, x_M, rtol)
+    return _certify_block(_load(scores, lo, hi), lo, p_E, q_E, k, idx_M, x_M, rtol, threads=False)
 
 
 def _certify_chunked(scores, p_E, q_E, k, cap_E, idx_M, x_M, rows, rtol, client):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._kernels_fast import _CHUNK_ROWS, _n_chunks, _pick, _serial_and_parallel
+from .._jit import serial_and_parallel
+from ._kernels_fast import _CHUNK_ROWS, _n_chunks, _pick
 
 __all__ = ["certify_rows"]
 
@@ -68,11 +69,12 @@ def _certify_rows_impl(scores_TE, bias_E, x_TE, k, viol_T, sums_C4):
         sums_C4[c, 3] = big
 
 
-_CERTIFY_ROWS = _serial_and_parallel(_certify_rows_impl)
+_CERTIFY_ROWS = serial_and_parallel(_certify_rows_impl)
 
 
-def certify_rows(scores_TE: np.ndarray, bias_E: np.ndarray, x_TE: np.ndarray, k: int):
-    r"""The per-token sums of :func:`alflb.solvers.certify` for a binary ``x`` in one pass.
+def certify_rows(scores_TE: np.ndarray, bias_E: np.ndarray, x_TE: np.ndarray, k: int, *, threads: bool = True):
+    r"""The per-token sums of :func:`alflb.solvers.certify` for a binary ``x`` in one pass
+    (on numba's threads for large inputs unless ``threads=False``).
 
     Returns ``(objective, topk_total, magnitude, max|gamma|, viol_T)``: ``gamma . x``,
     ``sum_i TopKSum(gamma_i + p)``, ``sum_i max_k |gamma_ik + p_k|``, the largest score
@@ -81,7 +83,7 @@ def certify_rows(scores_TE: np.ndarray, bias_E: np.ndarray, x_TE: np.ndarray, k:
     n_tokens = scores_TE.shape[0]
     viol_T = np.empty(n_tokens)
     sums_C4 = np.zeros((_n_chunks(n_tokens), 4))
-    _pick(_CERTIFY_ROWS, n_tokens)(
+    _pick(_CERTIFY_ROWS, n_tokens if threads else 0)(
         np.ascontiguousarray(scores_TE, dtype=scores_TE.dtype if scores_TE.dtype == np.float32 else np.float64),
         np.ascontiguousarray(bias_E, dtype=np.float64),
         np.ascontiguousarray(x_TE, dtype=np.bool_), k, viol_T, sums_C4,

@@ -76,11 +76,6 @@ def _n_chunks(n_rows: int) -> int:
     return max(1, -(-n_rows // _CHUNK_ROWS))
 
 
-def _serial_and_parallel(fn):
-    """The same loop compiled twice, each build cached apart (:mod:`alflb._jit`)."""
-    return serial_and_parallel(fn)
-
-
 def _pick(pair, n_tokens: int):
     return pair[1] if n_tokens >= _PARALLEL_MIN_TOKENS else pair[0]
 
@@ -166,7 +161,7 @@ def _sweep_rows_impl(scores_TE, bias_E, k, d_ET, n_chunks):
                 d_ET[e, i] = scores_TE[i, e] - alpha
 
 
-_SWEEP_ROWS = _serial_and_parallel(_sweep_rows_impl)
+_SWEEP_ROWS = serial_and_parallel(_sweep_rows_impl)
 
 
 def sweep_rows(scores_TE: np.ndarray, bias_E: np.ndarray, k: int, d_ET: np.ndarray) -> None:
@@ -284,7 +279,7 @@ def _column_midpoints_impl(d_ET, rank_E, out_E):
         out_E[e] = 0.5 * (np.float64(low) + np.float64(nxt))
 
 
-_COLUMN_MIDPOINTS = _serial_and_parallel(_column_midpoints_impl)
+_COLUMN_MIDPOINTS = serial_and_parallel(_column_midpoints_impl)
 
 
 def column_midpoints(d_ET: np.ndarray, rank_E: np.ndarray) -> np.ndarray:
@@ -324,7 +319,7 @@ def _route_margin_impl(scores_TE, bias_E, k, x_TE, margin_T, maxabs_C):
         maxabs_C[c] = big
 
 
-_ROUTE_MARGIN = _serial_and_parallel(_route_margin_impl)
+_ROUTE_MARGIN = serial_and_parallel(_route_margin_impl)
 
 
 def route_margin(scores_TE: np.ndarray, bias_E: np.ndarray, k: int):
@@ -361,7 +356,7 @@ def _route_pairs_impl(scores_TE, bias_E, k, pair_T, margin_T, load_CE):
             margin_T[i] = vals[k - 1] - vals[k]
 
 
-_ROUTE_PAIRS = _serial_and_parallel(_route_pairs_impl)
+_ROUTE_PAIRS = serial_and_parallel(_route_pairs_impl)
 
 
 def route_pairs(scores_TE: np.ndarray, bias_E: np.ndarray, k: int):
@@ -402,7 +397,7 @@ def _assignment_margin_impl(scores_TE, bias_E, x_TE, margin_T, maxabs_C):
         maxabs_C[c] = big
 
 
-_ASSIGNMENT_MARGIN = _serial_and_parallel(_assignment_margin_impl)
+_ASSIGNMENT_MARGIN = serial_and_parallel(_assignment_margin_impl)
 
 
 def assignment_margin(scores_TE: np.ndarray, bias_E: np.ndarray, x_TE: np.ndarray):
@@ -444,8 +439,8 @@ def _csr_fill_impl(x_TE, in_F, start_CE, f_tok):
                         nxt[e] += 1
 
 
-_CSR_COUNT = _serial_and_parallel(_csr_count_impl)
-_CSR_FILL = _serial_and_parallel(_csr_fill_impl)
+_CSR_COUNT = serial_and_parallel(_csr_count_impl)
+_CSR_FILL = serial_and_parallel(_csr_fill_impl)
 
 
 def fixed_csr(x_TE: np.ndarray, in_F: np.ndarray):
