@@ -1,7 +1,7 @@
 """Speed of the simulator's hot loop: token-routings per second next to a memory bound.
 
     python benchmarks/simulator.py [--tokens 4096] [--experts 64|256] [--k 8] [--steps 256]
-                                   [--cores 2] [--repeat 5] [--skip-static]
+                                   [--cores 2] [--repeat 5] [--skip-static] [--stages]
 
 Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
 
@@ -17,6 +17,10 @@ Measured in one run, on the same pre-drawn float32 scores ``(N, T, E)``:
 - **run_policy**: the same through the public :func:`alflb.simulator.run_policy`, which
   adds one validation/checksum pass over the whole ``(N, T, E)`` input;
 - **numpy**: ``alflb.route_topk`` (argpartition) plus the load count, for reference;
+- **stages** (``--stages``): the route kernel on one thread, its source cut after each
+  stage (add bias and group maxima, the lower bound, candidate compaction, value
+  buckets) and compiled apart, in nanoseconds per token next to the whole kernel: where
+  a token's time goes;
 - **static comparator**: the exact pooled optimum of the first 256 steps
   (``alflb.regret.pooled_optimum``, the ``fast`` solver), once.
 
@@ -47,6 +51,55 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+# The kernel's stages, for --stages: (label, the comment in alflb._kernels._fused_route_py
+# before which the source is cut, what of the stage's result is folded into the sum so
+# that the compiler keeps its work).
+_STAGES = (
+    ("add bias, group maxima", "# lo: the smallest of the K group maxima", "acc += group_max_K[0] + row_E[i % n_experts]"),
+    ("+ lower bound lo", "# Branch-free compaction of the candidates", "acc += lo + hi"),
+    ("+ candidate compaction", "# Bucket the candidates by value", "acc += n_cand + lo"),
+    ("+ value buckets", "# Whole buckets from the top while they fit in K",
+     "acc += count_B[_N_BUCKETS - 1] + bucket_BE[_N_BUCKETS - 1, 0]"),
+)
+
+
+def stage_profile(scores, bias, k: int, repeat: int) -> list[tuple[str, float]]:
+    """Nanoseconds per token of the route kernel cut after each stage (serial build, one
+    thread, compiled here and not cached), then of the whole kernel."""
+    import inspect
+    import textwrap
+
+    import numba
+
+    import alflb._kernels as kernels
+
+    source = textwrap.dedent(inspect.getsource(kernels._fused_route_py))
+    variants = []
+    for label, marker, fold in _STAGES:
+        lines = source.splitlines()
+        at = [i for i, line in enumerate(lines) if line.strip().startswith(marker)]
+        if len(at) != 1:
+            raise SystemExit(f"the route kernel's source changed ({marker!r} not found once): "
+                             "update _STAGES in benchmarks/simulator.py")
+        indent = lines[at[0]][: len(lines[at[0]]) - len(lines[at[0]].lstrip())]
+        lines[at[0]:at[0]] = [indent + fold, indent + "continue"]
+        namespace: dict = {}
+        exec("\n".join(lines).replace("def _fused_route_py", "def cut", 1), vars(kernels), namespace)
+        variants.append((label, numba.njit(nogil=True)(namespace["cut"])))
+    variants.append(("whole kernel", kernels._fused_route_serial))
+    n_tokens, n_experts = scores.shape[1:]
+    n_chunks = -(-n_tokens // kernels._CHUNK_ROWS)
+    out = []
+    for label, fn in variants:
+        def run(fn=fn):
+            for x in scores:
+                fn(x, bias, k, False, np.empty((0, k), np.int64), np.zeros((n_chunks, n_experts), np.int64),
+                   np.zeros(n_chunks))
+        run()  # compile
+        out.append((label, 1e9 * statistics.median(_timed(run) for _ in range(repeat)) / scores[:, :, 0].size))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=4096)
@@ -56,6 +109,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2, help="CPUs to use (0: leave as is)")
     parser.add_argument("--repeat", type=int, default=5, help="median of this many timings")
     parser.add_argument("--skip-static", action="store_true", help="skip the pooled exact comparator")
+    parser.add_argument("--stages", action="store_true",
+                        help="also profile the route kernel stage by stage (one thread, ns per token)")
     args = parser.parse_args()
 
     if args.cores and hasattr(os, "sched_setaffinity"):
@@ -146,6 +201,12 @@ def main() -> None:
     rate = routings / statistics.median(loop_ts) / 1e6
     ratio = statistics.median(t / b for t, b in zip(loop_ts, bound_ts))
     print(f"target: >= 10 M/s and within 4x of the bound; sign loop: {rate:.1f} M/s, {ratio:.1f}x the bound")
+
+    if args.stages:
+        print("route kernel by stage (serial build, one thread; the source cut after each stage, "
+              "its result folded into the sum; median of --repeat):")
+        for label, ns in stage_profile(scores, bias64, k, args.repeat):
+            print(f"  {label:<32}{ns:>8.0f} ns per token")
 
     if not args.skip_static:
         from alflb.regret import pooled_optimum

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "simulator.py"
 def test_simulator_benchmark_reports_compile_time_apart(capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     argv = [str(BENCH), "--tokens", "64", "--experts", "256", "--k", "8", "--steps", "2",
-            "--repeat", "2", "--cores", "0", "--skip-static"]
+            "--repeat", "2", "--cores", "0", "--skip-static", "--stages"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(BENCH), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
@@ -29,6 +29,9 @@ def test_simulator_benchmark_reports_compile_time_apart(capsys: pytest.CaptureFi
     stage_rows = [line for line in lines if "kernel" in line or "loop" in line]
     assert stage_rows and not any("compile" in line for line in stage_rows)
     assert any(line.startswith("target: ") for line in lines)
+    stage_lines = [line for line in lines if line.endswith("ns per token")]
+    assert [line.split("  ")[1].strip() for line in stage_lines] == [
+        "add bias, group maxima", "+ lower bound lo", "+ candidate compaction", "+ value buckets", "whole kernel"]
 
 
 SOLVERS = BENCH.parent / "solvers.py"
